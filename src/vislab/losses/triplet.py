@@ -336,7 +336,8 @@ def batch_triplet_loss(
             triplets with a positive loss (pml's default ``AvgNonZeroReducer``) or ``"sum"``.
 
     Returns:
-        ``(loss, stats)``. ``loss`` is a scalar attached to the graph; it is exactly 0 (with zero
+        ``(loss, stats)``. ``loss`` is a scalar attached to the graph, float32 for float16/bfloat16
+        input (distances are computed in float32 with autocast disabled); it is exactly 0 (with zero
         gradients, no NaN) when no triplet is mined, e.g. a batch of one class or of singletons.
         ``stats`` holds detached 0-d tensors:
 
@@ -353,8 +354,11 @@ def batch_triplet_loss(
     _check_choice(mining, "mining", MINING_STRATEGIES)
     _check_choice(reduction, "reduction", REDUCTIONS)
 
-    x = F.normalize(emb, p=2, dim=1) if normalize else emb  # (B, D)
-    dist = pairwise_distances(x, squared=squared)  # (B, B), differentiable
+    # distances in at least float32 and outside autocast: a bf16 Gram matrix would blur the ranking
+    with torch.autocast(device_type=emb.device.type, enabled=False):
+        x = emb.float() if emb.dtype in (torch.float16, torch.bfloat16) else emb
+        x = F.normalize(x, p=2, dim=1) if normalize else x  # (B, D)
+        dist = pairwise_distances(x, squared=squared)  # (B, B), differentiable
     if mining == "batch_hard":
         a, p, n = mine_batch_hard(x, labels, squared=squared, distances=dist)
     elif mining == "semi_hard":
@@ -372,7 +376,7 @@ def batch_triplet_loss(
         num = losses.numel()
         zero = dist.new_zeros(())
         stats = {
-            "num_triplets": torch.tensor(num, dtype=torch.int64),
+            "num_triplets": torch.tensor(num, dtype=torch.int64, device=dist.device),
             "active_fraction": (losses > 0).to(dist.dtype).mean() if num else zero,
             "active_fraction_all": _active_fraction_all(dist.detach(), labels, margin),
             "pos_distance": d_ap.mean().detach() if num else zero,

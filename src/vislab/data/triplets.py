@@ -15,8 +15,13 @@ Two ways to feed :mod:`vislab.losses.triplet`:
   batch. The triplets are random (positive uniform over the anchor's class, negative uniform over
   the other classes' samples), deterministic per ``(seed, epoch, index)``.
 
-Both need :meth:`set_epoch` to be called each epoch to draw new triplets / batches (Lightning does not
-call it on a custom batch sampler; the experiment should, e.g. from ``on_train_epoch_start``).
+Both need :meth:`set_epoch` to be called each epoch to draw new triplets / batches. Lightning calls
+``set_epoch`` only on ``loader.sampler`` and ``loader.batch_sampler.sampler``, never on a custom batch
+sampler or on a dataset, so the experiment must call it (e.g. in ``on_train_epoch_start``). For
+:class:`TripletDataset` with ``num_workers > 0`` that only reaches the workers when they are re-created
+each epoch (``persistent_workers=False``, the default). Under DDP, give the sampler ``num_replicas`` and
+``rank`` and build the trainer with ``use_distributed_sampler=False`` (Lightning cannot re-wrap a custom
+batch sampler).
 """
 
 from __future__ import annotations

@@ -1,0 +1,99 @@
+import json
+
+import pytest
+
+from helpers import photo_folder, run_cli
+from vislab.experiments.runner import RunOptions, run_experiment
+
+TINY = {"epochs": 2, "per_class": 6, "image_size": 32, "batch_size": 8, "cam_images": 4}
+
+
+def test_end_to_end_embedded_small(tmp_path):
+    out = tmp_path / "run"
+    summary = run_experiment(RunOptions(name="folder-classifier", out=str(out),
+                                        overrides={**TINY, "variants": ("small_cnn",)}))
+    for name in ("config.yaml", "metrics.csv", "summary.json", "report.md", "report.html", "env.json",
+                 "split.json", "figures/curves.png", "figures/confusion_small_cnn.png",
+                 "figures/gradcam_small_cnn.png", "checkpoints/small_cnn/best.ckpt",
+                 "checkpoints/small_cnn/last.ckpt"):
+        assert (out / name).exists(), name
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["data"]["name"] == "embedded-shapes"
+    assert (saved["data"]["train"], saved["data"]["val"], saved["data"]["test"]) == (20, 5, 5)
+    run = saved["runs"]["small_cnn"]
+    assert set(run) >= {"params", "epochs", "train", "val", "test", "time"}
+    assert set(run["time"]) == {"fit_s", "epoch_s_mean", "step_ms_mean"}
+    assert 0.0 <= run["test"]["accuracy"] <= 1.0
+    assert run["params"] == sum(1 for _ in [0]) * run["params"] > 0
+    assert summary["runs"]["small_cnn"]["test"] == run["test"]
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3 and "<img src=\"figures" not in html
+    # same seed, same numbers (CPU determinism)
+    again = run_experiment(RunOptions(name="folder-classifier", out=str(tmp_path / "again"),
+                                      overrides={**TINY, "variants": ("small_cnn",)}))
+    assert again["runs"]["small_cnn"]["test"] == run["test"]
+    assert again["runs"]["small_cnn"]["train"] == run["train"]
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    out = tmp_path / "run"
+    run_experiment(RunOptions(name="folder-classifier", out=str(out),
+                              overrides={**TINY, "epochs": 1, "variants": ("small_cnn",)}))
+    from vislab.errors import UserError
+
+    with pytest.raises(UserError, match="already holds a run; pass --resume"):
+        run_experiment(RunOptions(name="folder-classifier", out=str(out), overrides={"epochs": 1}))
+
+
+def test_resume_after_kill(tmp_path):
+    """Kill the process after epoch 2 of 4; --resume finishes with 4 epochs and no duplicate rows."""
+    out = tmp_path / "run"
+    args = ["run", "folder-classifier", "--out", str(out), "--set", "epochs=4", "--set", "patience=10",
+            "--set", "per_class=6", "--set", "image_size=32", "--set", "batch_size=8", "--set", "variants=small_cnn",
+            "--set", "cam_images=2"]
+    killed = run_cli(*args, env={"VISLAB_KILL_AFTER_EPOCHS": "2"})
+    assert killed.returncode == 75, killed.stderr
+    assert (out / "checkpoints/small_cnn/last.ckpt").exists()
+    assert not (out / "summary.json").exists()
+    rows = (out / "metrics.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 2
+
+    resumed = run_cli("run", "folder-classifier", "--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr
+    lines = (out / "metrics.csv").read_text().strip().splitlines()
+    keys = [tuple(line.split(",")[:3]) for line in lines[1:]]
+    assert keys == [("small_cnn", "train", str(e)) for e in (1, 2, 3, 4)]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["runs"]["small_cnn"]["epochs"] == 4
+    # a second --resume finds the stage finished and only re-evaluates
+    again = run_cli("run", "folder-classifier", "--out", str(out), "--resume")
+    assert again.returncode == 0 and "finished earlier" in again.stderr
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    out = tmp_path / "run"
+    res = run_cli("run", "folder-classifier", "--out", str(out), "--devices", "2", "--accelerator", "cpu",
+                  "--set", "epochs=2", "--set", "per_class=6", "--set", "image_size=32", "--set", "batch_size=4",
+                  "--set", "variants=small_cnn", "--set", "cam_images=2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["runs"]["small_cnn"]["epochs"] == 2
+    lines = (out / "metrics.csv").read_text().strip().splitlines()
+    assert len(lines) == 1 + 2  # rank 0 alone writes the rows
+
+
+@pytest.mark.slow
+def test_real_photo_folder_with_corrupt_and_stray_files(tmp_path):
+    root = photo_folder(tmp_path / "photos", per_class=10)
+    (root / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "coffee" / "README.txt").write_text("a stray file")
+    out = tmp_path / "run"
+    res = run_cli("run", "folder-classifier", "--data", str(root), "--out", str(out), "--set", "epochs=6",
+                  "--set", "image_size=64", "--set", "batch_size=8", "--set", "cam_images=3")
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["data"]["skipped"][0][0] == "cat/broken.jpg"
+    assert summary["data"]["ignored_non_images"] == 1
+    assert "cat/broken.jpg" in (out / "report.md").read_text()
+    assert summary["runs"]["pretrained"]["test"]["accuracy"] >= 2 / 3

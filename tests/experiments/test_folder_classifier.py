@@ -97,3 +97,19 @@ def test_real_photo_folder_with_corrupt_and_stray_files(tmp_path):
     assert summary["data"]["ignored_non_images"] == 1
     assert "cat/broken.jpg" in (out / "report.md").read_text()
     assert summary["runs"]["pretrained"]["test"]["accuracy"] >= 2 / 3
+
+
+def test_gradcam_cli_from_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    run_experiment(RunOptions(name="folder-classifier", out=str(out),
+                              overrides={**TINY, "epochs": 1, "variants": ("small_cnn",)}))
+    root = photo_folder(tmp_path / "photos", per_class=1)
+    imgs = [str(p) for p in sorted(root.rglob("*.jpg"))]
+    res = run_cli("gradcam", "--checkpoint", str(out / "checkpoints/small_cnn/best.ckpt"), *imgs,
+                  "--out", str(tmp_path / "cams"))
+    assert res.returncode == 0, res.stderr
+    assert len(list((tmp_path / "cams").glob("*_gradcam.png"))) == 3
+    assert (tmp_path / "cams" / "gradcam_grid.png").exists()
+    assert "predicted" in res.stdout
+    bad = run_cli("gradcam", "--checkpoint", str(tmp_path / "nope.ckpt"), imgs[0])
+    assert bad.returncode == 2 and "does not exist" in bad.stderr

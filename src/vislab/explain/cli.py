@@ -1,0 +1,82 @@
+"""`vislab gradcam --checkpoint CKPT IMAGE...`: Grad-CAM overlays from a checkpoint of a vislab run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vislab.errors import UserError
+
+
+def load_classifier(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the model saved by a classification run (weights_only load) and return it with its metadata."""
+    path = Path(checkpoint)
+    if not path.exists():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is bad input here
+        raise UserError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+    meta = ckpt.get("vislab") if isinstance(ckpt, dict) else None
+    if not meta or meta.get("task") != "classification":
+        raise UserError(f"{path} is not a checkpoint of a vislab classification run (no 'vislab' metadata)")
+    spec = meta["model"]
+    if spec["kind"] == "registry":
+        from vislab.models import create_model
+
+        model = create_model(spec["name"], **spec["kwargs"])
+    else:
+        from vislab.models.backbones import create_classifier
+
+        model = create_classifier(spec["name"], pretrained=False, **spec["kwargs"])  # weights come from the ckpt
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(state)
+    return model.eval(), meta
+
+
+def gradcam_command(args: Any) -> int:
+    from vislab.data.image_folder import load_rgb
+    from vislab.data.transforms import denormalize, eval_transform
+    from vislab.explain.gradcam import GradCAM, overlay
+    from vislab.report.figures import image_grid
+
+    model, meta = load_classifier(args.checkpoint)
+    size = int(meta["image_size"])
+    tf = eval_transform(meta["mean"], meta["std"])
+    images, names = [], []
+    for p in args.images:
+        path = Path(p)
+        if not path.exists():
+            raise UserError(f"image {path} does not exist")
+        try:
+            images.append(tf(load_rgb(path, size)))
+        except OSError as exc:
+            raise UserError(f"cannot read image {path}: {exc}") from None
+        names.append(path)
+    classes = meta["class_names"]
+    if args.target is not None and not 0 <= args.target < len(classes):
+        raise UserError(f"--target must be a class index in [0, {len(classes)}), got {args.target}")
+    cam = GradCAM(model, args.layer or meta.get("cam_layer"))
+    x = torch.stack(images)
+    targets = None if args.target is None else [args.target] * len(images)
+    cams, logits = cam(x, targets)
+    probs = logits.softmax(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    overlays, titles = [], []
+    for i, name in enumerate(names):
+        k = int(probs[i].argmax()) if args.target is None else args.target
+        img = denormalize(x[i], meta["mean"], meta["std"]).permute(1, 2, 0).numpy()
+        ov = overlay(img, cams[i])
+        target = out / f"{name.stem}_gradcam.png"
+        image_grid([img, ov], target, titles=[name.name, f"{classes[k]} ({probs[i, k]:.1%})"], ncols=2, cell=3.0)
+        overlays.append(ov)
+        titles.append(f"{name.name}: {classes[k]}")
+        print(f"{name}\tpredicted {classes[int(probs[i].argmax())]} ({float(probs[i].max()):.1%})"
+              f"\texplained class {classes[k]}\t-> {target}")
+    if len(overlays) > 1:
+        image_grid(overlays, out / "gradcam_grid.png", titles=titles, ncols=4, cell=2.4)
+    print(f"layer {cam.layer_name}; overlays in {out}")
+    return 0

@@ -30,14 +30,17 @@ class TaskModule(L.LightningModule):
             learning rate for deformable offsets; default: all trainable parameters.
         meta: JSON-able facts saved in each checkpoint under ``"vislab"`` (model name and kwargs,
             class names, image size, normalisation), enough to rebuild the model for inference.
+        augment: optional module applied to the training images inside the training step (batched,
+            on the training device), e.g. ``vislab.data.augment.RandomAffineBatch``.
     """
 
     def __init__(self, model: nn.Module, *, lr: float = 1e-3, weight_decay: float = 1e-4,
                  lr_patience: int = 2, lr_factor: float = 0.5, monitor: str = "val/loss",
                  param_groups: Callable[[nn.Module], list[dict[str, Any]]] | None = None,
-                 meta: dict[str, Any] | None = None) -> None:
+                 meta: dict[str, Any] | None = None, augment: nn.Module | None = None) -> None:
         super().__init__()
         self.model = model
+        self.augment = augment
         self.lr = lr
         self.weight_decay = weight_decay
         self.lr_patience = lr_patience
@@ -61,6 +64,8 @@ class TaskModule(L.LightningModule):
         return self.model(x)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        if self.augment is not None:
+            batch = (self.augment(batch[0]), *batch[1:])
         loss, out, y = self.compute_loss(batch)
         self._remember("train", loss, out, y)
         self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False,

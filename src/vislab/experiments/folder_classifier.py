@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from vislab.data.augment import RandomAffineBatch
 from vislab.data.image_folder import (
     ImageListDataset,
     limit_indices,
@@ -24,7 +25,7 @@ from vislab.data.image_folder import (
     write_manifest,
 )
 from vislab.data.shapes import default_cache_dir, write_shapes_folder
-from vislab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, eval_transform, train_transform
+from vislab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, eval_transform
 from vislab.engine.config import CommonConfig
 from vislab.engine.context import RunContext
 from vislab.engine.fit import fit_stage, seed_everything
@@ -135,10 +136,8 @@ class FolderClassifier(Experiment):
         seed_everything(cfg.seed)
         model, spec, mean, std = self._build(variant, len(classes))
         cam_layer = cfg.cam_layer_small if variant == "small_cnn" else cfg.cam_layer_pretrained
-        tf_train = train_transform(mean, std) if cfg.augment else eval_transform(mean, std)
         tf_eval = eval_transform(mean, std)
-        ds = {k: ImageListDataset(root, items[k], image_size=cfg.image_size,
-                                  transform=tf_train if k == "train" else tf_eval) for k in items}
+        ds = {k: ImageListDataset(root, items[k], image_size=cfg.image_size, transform=tf_eval) for k in items}
         gen = torch.Generator().manual_seed(cfg.seed)
         loaders = {k: DataLoader(ds[k], batch_size=cfg.batch_size, shuffle=(k == "train"), generator=gen,
                                  num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
@@ -147,7 +146,8 @@ class FolderClassifier(Experiment):
         meta = {"task": "classification", "model": spec, "class_names": classes, "image_size": cfg.image_size,
                 "mean": list(mean), "std": list(std), "cam_layer": cam_layer, "variant": variant}
         module = ClassificationModule(model, lr=lr, weight_decay=cfg.weight_decay, lr_patience=cfg.lr_patience,
-                                      lr_factor=cfg.lr_factor, meta=meta)
+                                      lr_factor=cfg.lr_factor, meta=meta,
+                                      augment=RandomAffineBatch() if cfg.augment else None)
         stage = fit_stage(ctx, module, loaders["train"], loaders["val"], variant=variant)
         model = module.model.cpu().eval()
         params = sum(p.numel() for p in model.parameters())

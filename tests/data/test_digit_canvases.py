@@ -13,6 +13,8 @@ from vislab.data.digit_canvases import (
     MEAN,
     STD,
     DigitCanvasDataset,
+    _coords,
+    _draw,
     _render_arcs,
     _render_lines,
     _render_sprites,
@@ -39,6 +41,11 @@ def _reference_sprite(sprite: np.ndarray, center, size: float, angle: float, S: 
         return np.stack([(u + 1) * R / 2 - 0.5, (v + 1) * R / 2 - 0.5], axis=1)
 
     return warp(sprite.astype(np.float64), inverse_map, output_shape=(S, S), order=1, mode="constant", cval=0.0)
+
+
+def _full(m: int, size: int):
+    """Pixel coordinates of ``m`` whole ``size × size`` canvases."""
+    return _coords(torch.zeros(m, 2, dtype=torch.int64), size)
 
 
 def test_shapes_labels_and_meta_agree():
@@ -108,7 +115,7 @@ def test_render_sprites_matches_skimage(angle):
     sprite = _upsampled_scans()[[7, 11]]  # (2, 1, 32, 32)
     centers = torch.tensor([[20.0, 25.5], [31.3, 17.0]])
     sizes = torch.tensor([18.0, 23.7])
-    out = _render_sprites(sprite, centers, sizes, torch.full((2,), angle), 48)
+    out = _render_sprites(sprite, centers, sizes, torch.full((2,), angle), *_full(2, 48))
     for k in range(2):
         ref = _reference_sprite(sprite[k, 0].numpy(), centers[k].tolist(), float(sizes[k]), angle, 48)
         np.testing.assert_allclose(out[k].numpy(), ref, atol=2e-5)
@@ -117,22 +124,39 @@ def test_render_sprites_matches_skimage(angle):
 def test_rotation_is_counter_clockwise():
     sprite = _upsampled_scans()[[4]]
     c = torch.tensor([[15.5, 15.5]])  # the centre of a 32×32 canvas
-    upright = _render_sprites(sprite, c, torch.tensor([20.0]), torch.tensor([0.0]), 32)[0]
-    turned = _render_sprites(sprite, c, torch.tensor([20.0]), torch.tensor([90.0]), 32)[0]
+    upright = _render_sprites(sprite, c, torch.tensor([20.0]), torch.tensor([0.0]), *_full(1, 32))[0]
+    turned = _render_sprites(sprite, c, torch.tensor([20.0]), torch.tensor([90.0]), *_full(1, 32))[0]
     torch.testing.assert_close(turned, torch.rot90(upright, 1), atol=1e-5, rtol=0)  # rot90: anticlockwise
 
 
 def test_strokes_hand_computed():
-    line = _render_lines(torch.tensor([[10.0, 20.0, 30.0, 20.0]]), torch.tensor([2.0]), torch.tensor([1.0]), 40)[0]
+    line = _render_lines(torch.tensor([[10.0, 20.0, 30.0, 20.0]]), torch.tensor([2.0]), torch.tensor([1.0]),
+                         *_full(1, 40))[0]
     assert line[20, 20] == 1.0  # on the segment: covered
     assert line[21, 20] == pytest.approx(0.5)  # 1 px away, pen half-width 1: half covered
     assert line[22, 20] == 0.0 and line[20, 33] == 0.0  # beyond the width / past the end
     assert line[20, 31] == pytest.approx(0.5)
     arc = _render_arcs(torch.tensor([[20.0, 20.0, 8.0, 0.0, math.pi]]), torch.tensor([2.0]),
-                       torch.tensor([0.8]), 40)[0]
+                       torch.tensor([0.8]), *_full(1, 40))[0]
     assert arc[28, 20] == pytest.approx(0.8)  # angle π/2 = below the centre (image y points down)
     assert arc[12, 20] == 0.0  # angle -π/2: not on the arc
     assert arc[20, 28] == pytest.approx(0.8) and arc[20, 12] == pytest.approx(0.8)  # both ends
+
+
+def test_windowed_drawing_equals_full_canvas_drawing():
+    # strokes partly outside the canvas, two per canvas, drawn in small windows vs whole canvases
+    g = torch.Generator().manual_seed(0)
+    p = torch.rand(6, 4, generator=g) * 40 - 4  # end points in [-4, 36) on a 32×32 canvas
+    p[:, 2:] = p[:, :2] + (torch.rand(6, 2, generator=g) - 0.5) * 16
+    w, alpha, owner = torch.full((6,), 2.5), torch.rand(6, generator=g), torch.arange(6) // 2
+    windowed, full = torch.zeros(3, 32, 32), torch.zeros(3, 32, 32)
+    origin = torch.minimum(p[:, :2], p[:, 2:]).sub(3).floor().long()
+    _draw(windowed, owner, origin, 8 + 6 + 1, _render_lines, p, w, alpha)
+    _draw(full, owner, torch.zeros(6, 2, dtype=torch.int64), 32, _render_lines, p, w, alpha)
+    assert full.sum() > 0
+    torch.testing.assert_close(windowed, full)
+    ref = _render_lines(p, w, alpha, *_full(6, 32)).view(3, 2, 32, 32).amax(1)
+    torch.testing.assert_close(full, ref)
 
 
 def test_clutter_controls_the_background():

@@ -66,7 +66,8 @@ def test_conv_names_in_forward_order():
     assert conv_names(seq) == ["0", "2"]
 
 
-def test_convert_first_two_to_deformable_keeps_output():
+@pytest.mark.parametrize("variant", ["deform-first2", "deform-all"])
+def test_conversion_to_deformable_keeps_names_and_output(variant):
     layers = pytest.importorskip("vislab.layers")
     convert = getattr(layers, "convert_to_deformable", None)
     if convert is None:
@@ -76,10 +77,12 @@ def test_convert_first_two_to_deformable_keeps_output():
     x = torch.randn(2, 1, 32, 32)
     ref = model(x)
     names = conv_names(model)
-    converted = convert(model, layers=names[:2])
-    converted = model if converted is None else converted
+    chosen = names[:2] if variant == "deform-first2" else names
+    converted = convert(model, layers=chosen)
     assert conv_names(converted) == names
-    # offsets start at zero, so the deformable model computes the regular one
+    modules = dict(converted.named_modules())
+    assert [type(modules[n]) is nn.Conv2d for n in names] == [n not in chosen for n in names]
+    # offsets start at zero (and the mask at one), so the deformable model computes the regular one
     torch.testing.assert_close(converted.eval()(x), ref, rtol=1e-4, atol=1e-5)
 
 

@@ -2,3 +2,4 @@
 
 from vislab.models import small_cnn  # noqa: F401
 from vislab.models import encoder_cnn  # noqa: F401
+from vislab.models import densenet, unet  # noqa: F401

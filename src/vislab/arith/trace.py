@@ -233,7 +233,8 @@ class _Tracer(TorchFunctionMode):
                        for i, n in enumerate(("query", "key", "value")))
             (lq, e), (s_, kd, vd) = (q.shape[0], q.shape[-1]), (k.shape[0], k.shape[-1], v.shape[-1])
             batch = q.shape[1] if q.dim() == 3 else 1
-            return self.dense_geom(geoms, name), batch * (lq * e * e + s_ * (kd + vd) * e + 2 * lq * s_ * e + lq * e * e)
+            macs = batch * (2 * lq * e * e + s_ * (kd + vd) * e + 2 * lq * s_ * e)  # Q, out; K, V; QKᵀ, AV
+            return self.dense_geom(geoms, name), macs
         if any(g is None for g in geoms):
             return None, 0
         if name in ("max_pool2d", "avg_pool2d"):

@@ -1,0 +1,294 @@
+"""Experiment ``transfer`` (SPEC §5): tiny end-to-end runs of every regime, what each regime may train,
+the CIFAR-10 path on a miniature folder in the real format, clear errors; PCA helper vs scikit-learn."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import run_cli
+from vislab.engine.run_dir import RunDir
+from vislab.errors import UserError
+from vislab.experiments.runner import RunOptions, run_experiment
+from vislab.experiments.transfer import VARIANTS, Transfer
+from vislab.report.embedding_plot import EmbeddingPanel, pca_2d, plot_embeddings
+
+TINY = {"epochs": 1, "head_epochs": 2, "image_size": 32, "batch_size": 8, "limit_train": 20, "limit_val": 10,
+        "limit_test": 10, "embed_points": 8}
+
+
+def _load_cifar_test_module():
+    """tests/data/test_cifar.py's writer of miniature CIFAR-10 batches (Python-2 pickles, the real format)."""
+    path = Path(__file__).resolve().parents[1] / "data" / "test_cifar.py"
+    spec = importlib.util.spec_from_file_location("_transfer_cifar_helpers", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run_with_instance(out: Path, overrides: dict, **opts) -> tuple[dict, Transfer]:
+    """run_experiment through the real runner, keeping the experiment object (trained models, initial weights)."""
+    exp = Transfer()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("vislab.experiments.runner.get_experiment", lambda name: exp)
+        summary = run_experiment(RunOptions(name="transfer", out=str(out), overrides=overrides, **opts))
+    return summary, exp
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("transfer") / "run"
+    summary, exp = _run_with_instance(out, TINY)
+    return out, summary, exp
+
+
+# -- the run folder and summary --------------------------------------------------------------------
+
+
+def test_run_folder_and_summary_schema(tiny_run):
+    out, summary, _ = tiny_run
+    for name in ("config.yaml", "metrics.csv", "summary.json", "report.md", "report.html", "env.json",
+                 "figures/curves_ce.png", "figures/curves_triplet.png", "figures/curves_joint_parts.png",
+                 "figures/embeddings_pca.png", "figures/test_accuracy.png",
+                 "checkpoints/ce_fc/best.ckpt", "checkpoints/triplet_then_ce-triplet/best.ckpt",
+                 "checkpoints/triplet_then_ce-ce/last.ckpt", "checkpoints/joint/best.ckpt",
+                 "checkpoints/random_init/best.ckpt"):
+        assert (out / name).exists(), name
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["experiment"] == "transfer"
+    assert saved["data"]["name"] == "embedded-lfw-faces" and saved["data"]["classes"] == ["non-face", "face"]
+    assert all(saved["data"][k] > 0 for k in ("train", "val", "test"))
+    assert list(saved["runs"]) == list(VARIANTS)
+    for variant, r in saved["runs"].items():
+        assert set(r) >= {"params", "epochs", "train", "val", "test", "time", "stages"}, variant
+        assert set(r["time"]) >= {"fit_s", "epoch_s_mean", "step_ms_mean"}
+        assert r["time"]["fit_s"] > 0
+        assert set(r["test"]) >= {"loss", "accuracy", "precision", "recall", "f1", "triplet_active_fraction"}
+        assert 0.0 <= r["test"]["accuracy"] <= 1.0 and r["test"]["loss"] > 0
+        assert r["params"] == saved["runs"]["ce_fc"]["params"] > 3_000_000  # EfficientNet-Lite0 + a 2-class FC
+    runs = saved["runs"]
+    assert list(runs["triplet_then_ce"]["stages"]) == ["triplet", "ce"]
+    assert runs["triplet_then_ce"]["epochs"] == 1 + runs["triplet_then_ce"]["stages"]["ce"]["epochs"]
+    assert runs["ce_fc"]["stages"]["train"]["trainable_params"] == 1280 * 2 + 2
+    assert runs["random_init"]["pretrained"] is False and runs["random_init"]["schedule"] == "joint"
+    assert runs["joint"]["pretrained"] is True and "ImageNet" in runs["joint"]["weights"]
+    ctrl = saved["control"]
+    assert ctrl["schedule"] == "joint" and set(ctrl["pretrained"]) == {"ce_fc", "triplet_then_ce", "joint"}
+    for v, verdict in ctrl["pretrained"].items():
+        assert verdict["beats_control"] == (runs[v]["test"]["accuracy"] > runs["random_init"]["test"]["accuracy"])
+    assert summary["runs"]["joint"]["test"] == runs["joint"]["test"]
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 5
+    assert "margin 0.2" in html and "Euclidean distance between L2-normalised embeddings" in html
+
+
+def test_metrics_rows_per_stage(tiny_run):
+    out, _, _ = tiny_run
+    rows = RunDir(out).read_metrics()
+    keys = [(r["variant"], r["stage"]) for r in rows]
+    assert keys[0] == ("ce_fc", "train") and ("triplet_then_ce", "triplet") in keys
+    assert ("triplet_then_ce", "ce") in keys and ("joint", "train") in keys and ("random_init", "train") in keys
+    by = {(r["variant"], r["stage"]): r for r in rows}
+    tri = by[("triplet_then_ce", "triplet")]
+    assert {"train_loss", "train_active_fraction", "val_loss", "val_triplet_loss"} <= set(tri)
+    assert "train_accuracy" not in tri  # no classifier in the triplet stage
+    assert tri["train_loss"] == pytest.approx(tri["train_triplet_loss"], abs=1e-5)
+    assert 0.0 <= tri["train_active_fraction"] <= 1.0
+    joint = by[("joint", "train")]
+    assert {"train_loss", "train_ce_loss", "train_triplet_loss", "train_accuracy", "val_accuracy"} <= set(joint)
+    # the logged total is CE + 1.0 * triplet (both epoch means weighted by batch size)
+    assert joint["train_loss"] == pytest.approx(joint["train_ce_loss"] + joint["train_triplet_loss"], abs=1e-4)
+    for key in (("ce_fc", "train"), ("triplet_then_ce", "ce")):
+        assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy"} <= set(by[key])
+
+
+# -- what each regime trains -----------------------------------------------------------------------
+
+
+def _part(state: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_pretrained_regimes_start_from_the_packaged_weights_and_one_fc(tiny_run):
+    from vislab.models.backbones import create_classifier
+
+    _, _, exp = tiny_run
+    ref = create_classifier("efficientnet_lite0", num_classes=2).features.state_dict()
+    for v in ("ce_fc", "triplet_then_ce", "joint"):
+        assert _same(_part(exp.initial_state[v], "features."), ref), v
+        assert _same(_part(exp.initial_state[v], "fc."), _part(exp.initial_state["ce_fc"], "fc."))
+    assert not _same(_part(exp.initial_state["random_init"], "features."), ref)
+
+
+def test_ce_fc_trains_only_the_fc(tiny_run):
+    _, _, exp = tiny_run
+    final = exp.models["ce_fc"].state_dict()
+    assert _same(_part(final, "features."), _part(exp.initial_state["ce_fc"], "features."))  # BN stats too
+    assert not torch.equal(final["fc.weight"], exp.initial_state["ce_fc"]["fc.weight"])
+
+
+def test_triplet_stage_trains_features_but_not_the_fc(tiny_run):
+    out, _, exp = tiny_run
+    init = exp.initial_state["triplet_then_ce"]
+    ck = torch.load(out / "checkpoints/triplet_then_ce-triplet/best.ckpt", map_location="cpu", weights_only=True)
+    stage1 = _part(ck["state_dict"], "model.")
+    # the stage-1 module holds the feature extractor only: the FC cannot change in it
+    assert stage1.keys() == _part(init, "features.").keys()
+    assert ck["vislab"]["stage"] == "triplet"
+    params = dict(exp.models["triplet_then_ce"].features.named_parameters()).keys()
+    moved = [k for k in params if not torch.equal(stage1[k], init[f"features.{k}"])]
+    assert len(moved) > 0.9 * len(params)  # the triplet loss moved the feature weights
+    # freeze_bn (default): BatchNorm running statistics stay ImageNet's while the features train
+    stats = [k for k in stage1 if k.endswith(("running_mean", "running_var"))]
+    assert len(stats) > 40 and all(torch.equal(stage1[k], init[f"features.{k}"]) for k in stats)
+    final = exp.models["triplet_then_ce"].state_dict()
+    # stage 2 (CE on the FC) left the stage-1 features as they were, and trained the FC
+    assert _same(_part(final, "features."), stage1)
+    assert not torch.equal(final["fc.weight"], init["fc.weight"])
+
+
+def test_joint_and_control_train_everything(tiny_run):
+    out, summary, exp = tiny_run
+    bn = "features.bn1.running_mean"
+    for v in ("joint", "random_init"):
+        init, final = exp.initial_state[v], exp.models[v].state_dict()
+        assert not torch.equal(final["fc.weight"], init["fc.weight"]), v
+        assert not torch.equal(final["features.conv_stem.weight"], init["features.conv_stem.weight"]), v
+    # pretrained: BatchNorm statistics kept (freeze_bn); the random-init control learns its own
+    assert torch.equal(exp.models["joint"].state_dict()[bn], exp.initial_state["joint"][bn])
+    assert not torch.equal(exp.models["random_init"].state_dict()[bn], exp.initial_state["random_init"][bn])
+    assert summary["runs"]["joint"]["batchnorm_while_features_train"] == "eval"
+    assert summary["runs"]["random_init"]["batchnorm_while_features_train"] == "train"
+    assert summary["runs"]["ce_fc"]["batchnorm_while_features_train"] is None
+
+
+# -- CIFAR-10 path ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mini_cifar(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cifar")
+    _load_cifar_test_module().make_mini_cifar(root, per_batch=40)  # 4 images of each class per batch
+    return root
+
+
+def test_cifar_path_on_a_miniature_folder(mini_cifar, tmp_path):
+    out = tmp_path / "run"
+    summary = run_experiment(RunOptions(
+        name="transfer", data="cifar10-binary", root=str(mini_cifar), out=str(out),
+        overrides={**TINY, "limit_train": None, "limit_val": None, "limit_test": None,
+                   "variants": ("triplet_then_ce",), "classes": ("automobile", "airplane")}))
+    d = summary["data"]
+    assert d["name"] == "cifar10-binary" and d["classes"] == ["automobile", "airplane"]
+    # 5 batches x 4 images per class = 20 per class; val_fraction 0.1 -> 2 per class; test batch: 4 per class
+    assert (d["train"], d["val"], d["test"]) == (36, 4, 8)
+    assert d["root"] == str(mini_cifar)
+    assert set(summary["runs"]) == {"triplet_then_ce"}
+    assert (out / "report.html").exists()
+    assert "CIFAR-10 classes automobile (label 0) and airplane (label 1)" in (out / "report.md").read_text()
+
+
+def test_root_alone_selects_cifar(mini_cifar, tmp_path):
+    summary = run_experiment(RunOptions(name="transfer", root=str(mini_cifar), out=str(tmp_path / "run"),
+                                        overrides={**TINY, "variants": ("ce_fc",), "head_epochs": 1}))
+    assert summary["data"]["name"] == "cifar10-binary" and summary["data"]["classes"] == ["airplane", "automobile"]
+
+
+def test_bad_class_name_is_one_clear_line(mini_cifar, tmp_path):
+    res = run_cli("run", "transfer", "--data", "cifar10-binary", "--root", str(mini_cifar), "--out",
+                  str(tmp_path / "run"), "--set", "classes=airplane,automobil")
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert lines[-1].startswith("vislab: error: classes: unknown CIFAR-10 class name(s) ['automobil']"), res.stderr
+    assert "valid names: airplane, automobile, bird" in lines[-1]
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("opts, overrides, match", [
+    ({"data": "cifar10-binary"}, {}, "needs --root DIR"),
+    ({"data": "imagenet"}, {}, "unknown --data 'imagenet'"),
+    ({"download": True}, {}, "--download applies to --data cifar10-binary"),
+    ({}, {"variants": ("ce_fc", "bogus")}, r"unknown variant\(s\) \['bogus'\]"),
+    ({"data": "cifar10-binary", "root": "."}, {"classes": ("cat", "cat")}, "two different CIFAR-10 classes"),
+    ({}, {"batch_size": 2}, "batch_size must be >= 4"),
+    ({}, {"split": (0.5, 0.5)}, "split must be three fractions"),
+    ({}, {"margin": -0.1}, "margin must be >= 0"),
+])
+def test_bad_input_errors(tmp_path, opts, overrides, match):
+    with pytest.raises(UserError, match=match):
+        run_experiment(RunOptions(name="transfer", out=str(tmp_path / "run"), overrides=overrides, **opts))
+
+
+def test_missing_cifar_files_say_how_to_get_them(tmp_path):
+    with pytest.raises(UserError, match="Pass --download"):
+        run_experiment(RunOptions(name="transfer", data="cifar10-binary", root=str(tmp_path / "nothing"),
+                                  out=str(tmp_path / "run"), overrides={**TINY, "variants": ("ce_fc",)}))
+
+
+def test_triplet_batches_need_enough_images_per_class(tmp_path):
+    with pytest.raises(UserError, match=r"batch_size/2 = 16 training images per class"):
+        run_experiment(RunOptions(name="transfer", out=str(tmp_path / "run"),
+                                  overrides={**TINY, "batch_size": 32, "variants": ("joint",)}))
+
+
+# -- PCA helper ------------------------------------------------------------------------------------
+
+
+def test_pca_2d_matches_sklearn():
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 7)) @ rng.normal(size=(7, 7)) + 3.0
+    coords, explained = pca_2d(torch.from_numpy(x).float())
+    ref = PCA(n_components=2).fit(x)
+    ref_coords = ref.transform(x)
+    for j in range(2):  # equal up to the sign of each axis
+        sign = np.sign(coords[:, j] @ ref_coords[:, j])
+        np.testing.assert_allclose(coords[:, j], sign * ref_coords[:, j], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(explained, ref.explained_variance_ratio_, rtol=1e-5)
+    # the sign convention: the largest loading of each axis is positive, so a flipped input flips nothing
+    again, _ = pca_2d(x[::-1].copy())
+    np.testing.assert_allclose(again[::-1], coords, atol=1e-4)
+
+
+def test_pca_2d_edge_cases():
+    coords, explained = pca_2d(np.array([[1.0], [2.0], [4.0]]))  # one feature: second axis is zero
+    np.testing.assert_allclose(coords[:, 1], 0.0)
+    np.testing.assert_allclose(np.abs(coords[:, 0]), np.abs([-4 / 3, -1 / 3, 5 / 3]))
+    assert explained.tolist() == [1.0, 0.0]
+    same, explained = pca_2d(np.ones((4, 3)))
+    assert np.all(same == 0) and explained.tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match=r"shape \[N, D\] with N >= 2"):
+        pca_2d(np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        pca_2d(np.array([[0.0, np.nan], [1.0, 2.0]]))
+
+
+def test_plot_embeddings_writes_a_png(tmp_path):
+    coords, explained = pca_2d(np.random.default_rng(1).normal(size=(20, 5)))
+    labels = np.arange(20) % 2
+    panels = [EmbeddingPanel(f"model {i}", coords, labels, explained) for i in range(3)]
+    path = plot_embeddings(panels, ["a", "b"], tmp_path / "emb.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match=r"labels must have shape \[N\] = \[20\]"):
+        EmbeddingPanel("bad", coords, labels[:5])
+    with pytest.raises(ValueError, match="at least one panel"):
+        plot_embeddings([], ["a"], tmp_path / "none.png")
+
+
+# -- the acceptance check (slow): every pretrained regime beats the random-init control --------------
+
+
+@pytest.mark.slow
+def test_pretrained_regimes_beat_random_init_on_embedded_data(tmp_path):
+    summary = run_experiment(RunOptions(name="transfer", out=str(tmp_path / "run"), demo=True))
+    ctrl = summary["control"]
+    assert ctrl["all_beat_control"], json.dumps(ctrl, indent=1)
+    assert all(summary["runs"][v]["test"]["accuracy"] >= 0.85 for v in ("ce_fc", "triplet_then_ce", "joint"))

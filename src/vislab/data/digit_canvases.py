@@ -15,8 +15,8 @@ disjoint ``train`` / ``val`` / ``test`` pools; canvases of a split use only that
 
 Rendering is vectorised: every digit, fragment and stroke is drawn in a small window around it
 by one ``grid_sample`` / distance computation per chunk of items, and composited into its canvas
-with a per-pixel maximum (``scatter_reduce``). 3000 canvases of 64×64 take about 1.5 s on one
-CPU core.
+with a per-pixel maximum (``scatter_reduce``). 3000 canvases of 64×64 take about 1 s of CPU
+time on one thread.
 
 Example::
 

@@ -220,6 +220,7 @@ def test_bad_class_name_is_one_clear_line(mini_cifar, tmp_path):
     ({}, {"batch_size": 2}, "batch_size must be >= 4"),
     ({}, {"split": (0.5, 0.5)}, "split must be three fractions"),
     ({}, {"margin": -0.1}, "margin must be >= 0"),
+    ({"devices": 2}, {}, "cannot shard yet; run transfer with --devices 1"),
 ])
 def test_bad_input_errors(tmp_path, opts, overrides, match):
     with pytest.raises(UserError, match=match):
@@ -236,6 +237,29 @@ def test_triplet_batches_need_enough_images_per_class(tmp_path):
     with pytest.raises(UserError, match=r"batch_size/2 = 16 training images per class"):
         run_experiment(RunOptions(name="transfer", out=str(tmp_path / "run"),
                                   overrides={**TINY, "batch_size": 32, "variants": ("joint",)}))
+
+
+@pytest.mark.slow
+def test_resume_inside_the_triplet_stage(tmp_path):
+    """Killed at the end of epoch 2 of regime (b)'s triplet stage (last checkpoint: epoch 1), --resume finishes
+    both stages without duplicate rows and with the numbers of an uninterrupted run."""
+    args = ["--set", "image_size=32", "--set", "batch_size=8", "--set", "limit_train=20", "--set", "limit_val=10",
+            "--set", "limit_test=10", "--set", "epochs=3", "--set", "head_epochs=2", "--set", "patience=5",
+            "--set", "variants=triplet_then_ce"]
+    out = tmp_path / "run"
+    killed = run_cli("run", "transfer", "--out", str(out), *args, env={"VISLAB_KILL_AFTER_EPOCHS": "2"})
+    assert killed.returncode == 75, killed.stderr[-2000:]
+    assert (out / "checkpoints/triplet_then_ce-triplet/last.ckpt").exists() and not (out / "summary.json").exists()
+    resumed = run_cli("run", "transfer", "--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    keys = [(r["variant"], r["stage"], r["epoch"]) for r in RunDir(out).read_metrics()]
+    assert keys == [("triplet_then_ce", "triplet", e) for e in (1, 2, 3)] + [("triplet_then_ce", "ce", 1),
+                                                                            ("triplet_then_ce", "ce", 2)]
+    full = run_cli("run", "transfer", "--out", str(tmp_path / "full"), *args)
+    assert full.returncode == 0, full.stderr[-2000:]
+    a = json.loads((out / "summary.json").read_text())["runs"]["triplet_then_ce"]
+    b = json.loads((tmp_path / "full" / "summary.json").read_text())["runs"]["triplet_then_ce"]
+    assert a["test"] == b["test"] and a["stages"]["triplet"]["train"] == b["stages"]["triplet"]["train"]
 
 
 # -- PCA helper ------------------------------------------------------------------------------------

@@ -273,7 +273,6 @@ class Transfer(Experiment):
             else:
                 model = copy.deepcopy(base)  # same pretrained features and the same new FC in every regime
             self.initial_state[variant] = {k: v.clone() for k, v in model.state_dict().items()}
-            seed_everything(cfg.seed)
             results[variant] = self._run_variant(ctx, variant, model, data, device)
             self.models[variant] = model
 
@@ -437,6 +436,7 @@ class Transfer(Experiment):
                   feats: dict[str, tuple[Tensor, Tensor]]) -> _Stage:
         """CE on the FC alone, over cached embeddings of the frozen feature extractor."""
         cfg: TransferConfig = ctx.cfg
+        seed_everything(cfg.seed)  # each stage seeded: a resumed earlier stage does not change this one's dropout
         model.features.requires_grad_(False)
         head = nn.Sequential(model.dropout, model.fc)  # shares the classifier's FC: training it trains model.fc
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -469,6 +469,7 @@ class Transfer(Experiment):
     def _fit_triplet(self, ctx: RunContext, variant: str, model: nn.Module, data: _Data) -> _Stage:
         """Regime (b) stage 1: the feature extractor alone (the FC is not in the module) with the triplet loss."""
         cfg: TransferConfig = ctx.cfg
+        seed_everything(cfg.seed)
         sampler, train, val = self._pk_loaders(cfg, data)
         meta = self._meta(variant, "triplet", model, "the feature extractor only, as model.*")
         module = TripletModule(model.features, triplet=self._triplet_loss(cfg), batch_sampler=sampler,
@@ -481,6 +482,7 @@ class Transfer(Experiment):
     def _fit_joint(self, ctx: RunContext, variant: str, model: nn.Module, data: _Data) -> _Stage:
         """Regime (c): CE + λ·triplet on the whole classifier; features at backbone_lr, the new FC at lr."""
         cfg: TransferConfig = ctx.cfg
+        seed_everything(cfg.seed)
         sampler, train, val = self._pk_loaders(cfg, data)
 
         def groups(m: nn.Module) -> list[dict[str, Any]]:
@@ -503,7 +505,7 @@ class Transfer(Experiment):
         rows = run.read_metrics()
         d = summary["data"]
         rep = Report(f"transfer — {d['name']}: {' vs '.join(data.class_names)}")
-        rep.text(f"Backbone `{cfg.backbone}` (ImageNet weights: {summary['backbone']['weights']}) "
+        rep.text(f"Backbone `{cfg.backbone}` (weights: {summary['backbone']['weights']}) "
                  f"with a new 2-class FC; only the FC is newly initialised, and every pretrained regime starts from "
                  f"the same weights. Images {d['image_size']}×{d['image_size']} px; train {d['train']}, "
                  f"val {d['val']}, test {d['test']}. Seed {cfg.seed}.")
@@ -527,7 +529,9 @@ class Transfer(Experiment):
         table = []
         for v, r in summary["runs"].items():
             t = r["test"]
-            stage_desc = " + ".join(f"{n} {s['epochs']}" for n, s in r["stages"].items())
+            multi = len(r["stages"]) > 1
+            stage_desc = " + ".join(f"{n} {s['epochs']}" if multi else str(s["epochs"])
+                                    for n, s in r["stages"].items())
             stage_time = " + ".join(f"{s['time']['fit_s']:.1f}" for s in r["stages"].values())
             if "feature_extraction_s" in r["time"]:
                 stage_time += f" + extract {r['time']['feature_extraction_s']:.1f}"

@@ -103,6 +103,7 @@ def test_probe_command(capsys):
     (["--model", "no_such_net"], "vislab: error: unknown model 'no_such_net'"),
     (["--model", "resnet18", "--arg", "oops"], "vislab: error: --arg expects KEY=VALUE, got 'oops'"),
     (["conv-steps", "--x", "1,2"], "vislab: error: give both --x and --f"),
+    (["--model", "vgg16", "--input", "3x16x16"], "vislab: error: VGG cannot run on a 3x16x16 input: "),
     (["attention", "--dim", "96", "--heads", "5"], "vislab: error: d_model (96) must be divisible by heads (5)"),
 ])
 def test_errors_are_one_line_with_exit_code_2(capsys, argv, match):

@@ -23,6 +23,7 @@ from torch.overrides import TorchFunctionMode
 
 from vislab.arith import formulas as fm
 from vislab.arith.spec import pair, parse_shape
+from vislab.arith.trace import _tensors
 
 
 class _Captured(Exception):
@@ -114,7 +115,7 @@ def probe_receptive_field(model: nn.Module, input_shape: str | tuple[int, ...], 
     captured: list[Tensor] = []
 
     def hook(_m, _a, out):
-        captured.append(out if isinstance(out, Tensor) else next(t for t in out if isinstance(t, Tensor)))
+        captured.append(next(_tensors(out)))  # the first tensor of a tuple, list or dict output
         raise _Captured
 
     results = []

@@ -540,9 +540,13 @@ def _prod(xs) -> int:
     return out
 
 
+class FormulaMismatch(AssertionError):
+    """A vislab formula disagrees with what PyTorch computed: a bug in vislab, never bad input."""
+
+
 def _check(op: str, expected: tuple[int, int], y: Tensor) -> None:
     if tuple(y.shape[-2:]) != tuple(expected):
-        raise RuntimeError(f"vislab.arith formula for {op} gives {expected} but the module produced "
+        raise FormulaMismatch(f"vislab.arith formula for {op} gives {expected} but the module produced "
                            f"{tuple(y.shape[-2:])}; please report this bug")
 
 
@@ -572,7 +576,14 @@ def trace_module(model: nn.Module, input_shape: str | tuple[int, ...]) -> Analys
     model.eval()
     try:
         with torch.no_grad(), geo.deep_recursion(), tracer:
-            model(x)
+            try:
+                model(x)
+            except FormulaMismatch:
+                raise
+            except (RuntimeError, AssertionError) as exc:  # the model cannot take this input size
+                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ValueError(f"{type(model).__name__} cannot run on a {'x'.join(map(str, shape))} input: "
+                                 f"{detail}") from exc
     finally:
         for h in handles:
             h.remove()

@@ -1,0 +1,267 @@
+"""Deformable convolution speed and memory: vislab vs torchvision vs nn.Conv2d.
+
+For each shape of a ResNet-like grid it times forward and forward+backward (torch.utils.benchmark)
+of ``vislab.ops.deform_conv2d``, ``torchvision.ops.deform_conv2d`` and ``F.conv2d`` (the same
+weights, zero padding 1, 3×3), measures the peak extra memory of one forward+backward and checks
+that vislab's output and all five gradients agree with torchvision's. Rows are tagged by device.
+
+    python benchmarks/deform_conv.py --quick                 # a few shapes, CPU, 2 threads
+    python benchmarks/deform_conv.py                         # the full grid (several minutes)
+    python benchmarks/deform_conv.py --device cuda           # the same on a GPU
+    python benchmarks/deform_conv.py --json out.json         # also keep the raw numbers
+
+Peak memory on CPU is read from the profiler's allocation events (tensors allocated by PyTorch;
+library-internal buffers such as MKL's are not seen), on CUDA from ``max_memory_allocated``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch.utils import benchmark
+
+import vislab
+from vislab.ops import deform_conv2d
+
+
+@dataclass
+class Shape:
+    batch: int
+    channels: int
+    size: int
+    mask: bool = True
+    groups: int = 1
+    offset_groups: int = 1
+
+    def label(self) -> str:
+        s = f"N={self.batch} C={self.channels} {self.size}×{self.size}"
+        if self.groups > 1 or self.offset_groups > 1:
+            s += f" g={self.groups} G={self.offset_groups}"
+        return s + (" mask" if self.mask else " no-mask")
+
+
+@dataclass
+class Row:
+    device: str
+    shape: str
+    ms: dict = field(default_factory=dict)  # "{impl} {fwd|fwd+bwd}" -> median ms (None: skipped)
+    peak_mb: dict = field(default_factory=dict)  # impl -> peak extra MB of one forward+backward
+    max_rel_err: float | None = None  # vislab vs torchvision, over the output and the five gradients
+    note: str = ""
+
+
+RESNET_STAGES = [(64, 56), (128, 28), (256, 14), (512, 7)]
+
+
+def grid(quick: bool) -> list[Shape]:
+    if quick:
+        return [Shape(8, 64, 56, True), Shape(8, 64, 56, False), Shape(8, 256, 14, True),
+                Shape(8, 64, 56, True, groups=1, offset_groups=4)]
+    shapes = [Shape(n, c, s, m) for n in (1, 8, 32) for c, s in RESNET_STAGES for m in (True, False)]
+    shapes += [Shape(8, c, s, True, groups=g, offset_groups=G) for c, s in RESNET_STAGES
+               for g, G in ((1, 4), (4, 4))]
+    return shapes
+
+
+def make_inputs(shape: Shape, device: str, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    N, C, S = shape.batch, shape.channels, shape.size
+    G, K = shape.offset_groups, 9
+    x = torch.randn(N, C, S, S, generator=g)
+    weight = torch.randn(C, C // shape.groups, 3, 3, generator=g) / (3 * (C // shape.groups) ** 0.5)
+    bias = torch.randn(C, generator=g)
+    offset = torch.randn(N, 2 * G * K, S, S, generator=g) * 2
+    mask = torch.rand(N, G * K, S, S, generator=g) if shape.mask else None
+    tensors = [x, offset, weight, bias, mask]
+    return [None if t is None else t.to(device).requires_grad_() for t in tensors]
+
+
+def implementations(shape: Shape):
+    def conv(x, offset, weight, bias, mask):
+        return F.conv2d(x, weight, bias, padding=1, groups=shape.groups)
+
+    def tv(x, offset, weight, bias, mask):
+        return torchvision.ops.deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+
+    def ours(x, offset, weight, bias, mask):
+        return deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
+
+    return {"conv": conv, "torchvision": tv, "vislab": ours}
+
+
+def forward_backward(fn, tensors, grad_out=None):
+    for t in tensors:
+        if t is not None:
+            t.grad = None
+    out = fn(*tensors)
+    out.backward(torch.ones_like(out) if grad_out is None else grad_out)
+    return out
+
+
+def time_ms(stmt_fn, min_run_time: float, device: str, slow_after_s: float) -> tuple[float, int]:
+    """Median milliseconds of ``stmt_fn()`` and the number of runs (one warm-up run first; calls
+    slower than ``slow_after_s`` are timed by a single further run)."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    start = time.perf_counter()
+    stmt_fn()
+    sync()
+    first = time.perf_counter() - start
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": stmt_fn})
+    if first > slow_after_s:
+        m = timer.timeit(1)
+        return m.median * 1e3, 1
+    m = timer.blocked_autorange(min_run_time=min_run_time)
+    return m.median * 1e3, len(m.times) * m.number_per_run
+
+
+def peak_extra_mb(fn, tensors, device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        forward_backward(fn, tensors)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    for t in tensors:
+        if t is not None:
+            t.grad = None
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        forward_backward(fn, tensors)
+    fd, path = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    try:
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = [e["args"] for e in json.load(f)["traceEvents"] if e.get("name") == "[memory]"
+                      and e["args"].get("Device Type", 0) == 0]
+    finally:
+        os.remove(path)
+    if not events:
+        return 0.0
+    base = events[0]["Total Allocated"] - events[0]["Bytes"]
+    return (max(e["Total Allocated"] for e in events) - base) / 2**20
+
+
+def max_relative_error(fn_a, fn_b, tensors) -> float:
+    results = []
+    for fn in (fn_a, fn_b):
+        out = forward_backward(fn, tensors)
+        results.append([out.detach()] + [None if t is None else t.grad.detach().clone() for t in tensors])
+    worst = 0.0
+    for a, b in zip(*results):
+        if a is not None and b is not None and b.numel():
+            worst = max(worst, ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item())
+    return worst
+
+
+def run_shape(shape: Shape, device: str, args) -> Row:
+    row = Row(device=device, shape=shape.label())
+    tensors = make_inputs(shape, device)
+    impls = implementations(shape)
+    skip_tv = device == "cpu" and args.tv_max_seconds is not None and _tv_estimate_s(shape) > args.tv_max_seconds
+    for name, fn in impls.items():
+        if name == "torchvision" and skip_tv:
+            row.ms[f"{name} fwd"] = row.ms[f"{name} fwd+bwd"] = None
+            row.note = f"torchvision skipped: estimated {_tv_estimate_s(shape):.0f} s per forward+backward"
+            continue
+        with torch.no_grad():
+            row.ms[f"{name} fwd"], _ = time_ms(lambda fn=fn: fn(*tensors), args.min_run_time, device,
+                                               args.slow_after)
+        row.ms[f"{name} fwd+bwd"], runs = time_ms(lambda fn=fn: forward_backward(fn, tensors), args.min_run_time,
+                                                  device, args.slow_after)
+        if runs == 1:
+            row.note = (row.note + "; " if row.note else "") + f"{name}: single timed run"
+        row.peak_mb[name] = peak_extra_mb(fn, tensors, device)
+    if not skip_tv:
+        row.max_rel_err = max_relative_error(impls["vislab"], impls["torchvision"], tensors)
+    return row
+
+
+def _tv_estimate_s(shape: Shape) -> float:
+    # torchvision's CPU kernels: ~2.5 s for forward+backward at N=8, C=64, 56×56 (2 threads), ~linear
+    return 2.5 * shape.batch * shape.channels * shape.size**2 / (8 * 64 * 56 * 56)
+
+
+def machine_info(device: str) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cpu": cpu,
+            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "vislab": vislab.__version__,
+            "python": platform.python_version(), "load_average": os.getloadavg()}
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _fmt(v, digits=1):
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def markdown(rows: list[Row]) -> str:
+    lines = ["| device | shape | conv f+b ms | torchvision f+b ms | vislab f+b ms | speed-up vs tv | "
+             "× conv | vislab fwd ms | tv fwd ms | peak MB conv / tv / vislab | max rel err | note |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"]
+    for r in rows:
+        c, t, v = r.ms.get("conv fwd+bwd"), r.ms.get("torchvision fwd+bwd"), r.ms.get("vislab fwd+bwd")
+        speedup = None if t is None or not v else t / v
+        vs_conv = None if not c or v is None else v / c
+        peak = " / ".join(_fmt(r.peak_mb.get(k)) for k in ("conv", "torchvision", "vislab"))
+        err = "—" if r.max_rel_err is None else f"{r.max_rel_err:.1e}"
+        lines.append(f"| {r.device} | {r.shape} | {_fmt(c)} | {_fmt(t)} | {_fmt(v)} | {_fmt(speedup)}× | "
+                     f"{_fmt(vs_conv, 2)} | {_fmt(r.ms.get('vislab fwd'))} | {_fmt(r.ms.get('torchvision fwd'))} | "
+                     f"{peak} | {err} | {r.note} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--quick", action="store_true", help="a few shapes only")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds of timing per measurement")
+    parser.add_argument("--slow-after", type=float, default=1.0,
+                        help="calls slower than this many seconds are timed once")
+    parser.add_argument("--tv-max-seconds", type=float, default=60.0,
+                        help="skip torchvision (CPU) where one forward+backward would take longer")
+    parser.add_argument("--json", help="write machine info and rows to this JSON file")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    torch.set_num_threads(args.threads)
+    info = machine_info(args.device)
+    print("machine:", json.dumps(info), flush=True)
+    rows = []
+    for shape in grid(args.quick):
+        row = run_shape(shape, args.device, args)
+        rows.append(row)
+        print(markdown([row]).splitlines()[-1], flush=True)
+    info["load_average_end"] = os.getloadavg()
+    print()
+    print(f"{info['date']}, {info['cpu']} ({info['cores']} cores, {info['torch_threads']} torch threads), "
+          f"torch {info['torch']}, torchvision {info['torchvision']}, load average {info['load_average']} → "
+          f"{info['load_average_end']}" + (f", GPU {info['gpu']}" if "gpu" in info else ""))
+    print(markdown(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "rows": [asdict(r) for r in rows]}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -11,6 +11,8 @@ from vislab.errors import UserError
 _EXPERIMENTS: dict[str, tuple[str, str]] = {
     "folder-classifier": ("vislab.experiments.folder_classifier:FolderClassifier",
                           "small CNN vs pretrained fine-tune on an image folder, with Grad-CAM (SPEC §1)"),
+    "deform-vs-conv": ("vislab.experiments.deform_vs_conv:DeformVsConv",
+                       "deformable vs regular convolution, multi-label digits or COCO (SPEC §4)"),
     "transfer": ("vislab.experiments.transfer:Transfer", "pretrained CNN, new FC: CE vs triplet+CE vs joint (SPEC §5)"),
 }
 

@@ -1,5 +1,3 @@
 """Imports every model family so their ``@register_model`` builders are registered."""
 
-from vislab.models import small_cnn  # noqa: F401
-from vislab.models import encoder_cnn  # noqa: F401
-from vislab.models import densenet, unet  # noqa: F401
+from vislab.models import densenet, encoder_cnn, small_cnn, unet  # noqa: F401

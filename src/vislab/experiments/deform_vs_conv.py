@@ -208,8 +208,8 @@ class DeformVsConv(Experiment):
         rep.table(["variant", "train loss", "train exact match", "train F1 micro", "train mAP", "val mAP", "test mAP"],
                   [[v, r["train"].get("loss"), r["train"].get("accuracy"), r["train"].get("f1_micro"),
                     r["train"].get("map"), r["val"]["map"], r["test"]["map"]] for v, r in runs.items()],
-                  caption="Train metrics are those of the best epoch (computed on augmented-free training batches "
-                          "during that epoch, with dropout on); val/test after training with the best weights.")
+                  caption="Train metrics are those of the best epoch, accumulated over that epoch's training batches "
+                          "(weights changing, dropout on); val/test are computed afterwards with the best weights.")
         rep.heading("What the numbers say")
         rep.bullets(comparison_sentences(runs))
         rep.heading("Curves")
@@ -266,6 +266,9 @@ def comparison_sentences(runs: dict[str, Any]) -> list[str]:
     for key, label, higher in (("map", "test mAP", True), ("f1_micro", "test micro F1", True),
                                ("accuracy", "test exact-match accuracy", True), ("loss", "test loss", False)):
         vals = {v: runs[v]["test"][key] for v in names}
+        if len(names) > 1 and len(set(vals.values())) == 1:
+            out.append(f"{label}: all variants tie at {next(iter(vals.values())):.4f}")
+            continue
         best = (max if higher else min)(vals, key=vals.get)
         others = ", ".join(f"{v} {vals[v]:.4f}" for v in names if v != best)
         out.append(f"Best {label}: **{best}** ({vals[best]:.4f}" + (f"; {others})" if others else ")"))

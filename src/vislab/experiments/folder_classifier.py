@@ -49,6 +49,7 @@ class FolderClassifierConfig(CommonConfig):
     pretrained: bool = True  # load the backbone's ImageNet weights (false: random init, a control)
     weights: str | None = None  # weights file for backbones without packaged weights
     pretrained_lr: float = 5e-4  # learning rate of the fine-tuned variant
+    pretrained_epochs: int | None = 5  # maximum epochs of the fine-tuned variant (None: same as epochs)
     cam_layer_small: str | None = None  # Grad-CAM layer of the small CNN (default: last conv)
     cam_layer_pretrained: str | None = "features.blocks.5"  # Grad-CAM layer of the backbone
     cam_images: int = 12  # test images shown with Grad-CAM overlays
@@ -65,7 +66,7 @@ class FolderClassifier(Experiment):
 
     def demo_overrides(self, quick: bool) -> dict[str, Any]:
         if quick:
-            return {"epochs": 2, "per_class": 30, "image_size": 64, "cam_images": 6}
+            return {"epochs": 2, "pretrained_epochs": 2, "per_class": 30, "image_size": 64, "cam_images": 6}
         return {}
 
     # ------------------------------------------------------------------------------------------
@@ -148,7 +149,8 @@ class FolderClassifier(Experiment):
         module = ClassificationModule(model, lr=lr, weight_decay=cfg.weight_decay, lr_patience=cfg.lr_patience,
                                       lr_factor=cfg.lr_factor, meta=meta,
                                       augment=RandomAffineBatch() if cfg.augment else None)
-        stage = fit_stage(ctx, module, loaders["train"], loaders["val"], variant=variant)
+        epochs = cfg.pretrained_epochs if variant == "pretrained" and cfg.pretrained_epochs else cfg.epochs
+        stage = fit_stage(ctx, module, loaders["train"], loaders["val"], variant=variant, epochs=epochs)
         model = module.model.cpu().eval()
         params = sum(p.numel() for p in model.parameters())
 

@@ -181,62 +181,67 @@ def _check(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, s
 # Shared building blocks (standard ops only)
 # ----------------------------------------------------------------------------------------------
 
+# The input is padded by two pixels of zeros and every sampling coordinate is clamped to
+# [-2, H] × [-2, W]. A point inside (-1 <= y < H) reads its four corners as torchvision does (a
+# corner in the border reads 0); a point outside has all four corners in the border, so it reads
+# 0 and gets zero gradients, which is torchvision's rule — with no bounds test and no mask.
+_PAD = 2
+
 
 def _sampling_points(offset: Tensor, mask: Tensor | None, geom: _Geometry, dtype: torch.dtype):
-    """Bilinear corners and weights of every sampling point of a batch chunk, computed in ``dtype``
-    promoted to at least float32 (half precision cannot hold coordinates like 55.3 exactly enough).
+    """Top-left corners and bilinear fractions of every sampling point of a batch chunk.
 
-    Points are ordered ``(b, ho, wo, g', i, j)`` — the row order of the column matrix — where ``g'``
-    runs over the ``G'`` channel sub-groups (each sub-group uses the offsets of its offset group).
-
-    Returns ``pixel`` (``LongTensor[b, Ho, Wo, G, kh, kw]``, flat index of the top-left corner in
-    the input padded by one pixel of zeros, 0 for points that read nothing), ``ly``, ``lx``
-    (fractional parts), ``valid`` (the point may read the map: ``-1 <= y < H`` and ``-1 <= x < W``)
-    and ``scale`` (``valid·mask``), all ``[b, Ho, Wo, G, kh, kw]``. With the padding, the corners of
-    a valid point are ``pixel + (0, 1, Wp, Wp + 1)`` and never leave the padded map, so no corner
-    needs a bounds test; a corner in the padding reads zero, which is torchvision's rule.
+    Returns ``pixel`` (flat index of the top-left corner in one padded ``(H+4)×(W+4)`` map, as an
+    integer-valued float), the fractional parts ``ly``, ``lx`` and the mask ``m`` (None for v1), each
+    ``[b, Ho, Wo, G, kh, kw]``: the points in the row order of the column matrix. Coordinates are
+    computed in ``dtype`` promoted to at least float32 (half precision cannot hold 55.3 well enough).
     """
     b = offset.shape[0]
     G, kh, kw, Ho, Wo = geom.offset_groups, geom.kh, geom.kw, geom.out_h, geom.out_w
     (sh, sw), (ph, pw), (dh, dw) = geom.stride, geom.padding, geom.dilation
-    H, W = geom.height, geom.width
+    H, W, Wp = geom.height, geom.width, geom.width + 2 * _PAD
     device = offset.device
     dtype = torch.promote_types(dtype, torch.float32)
+    if (H + 2 * _PAD) * Wp >= 2**24:  # flat indices must stay exact
+        dtype = torch.float64
     delta = offset.to(dtype).reshape(b, G, kh, kw, 2, Ho, Wo).permute(0, 5, 6, 1, 2, 3, 4)
-    # (b, Ho, Wo, G, kh, kw, 2)
+    # delta: (b, Ho, Wo, G, kh, kw, 2), a view
     base_y = (torch.arange(Ho, device=device, dtype=dtype) * sh - ph).view(Ho, 1, 1, 1, 1) \
         + (torch.arange(kh, device=device, dtype=dtype) * dh).view(kh, 1)  # (Ho, 1, 1, kh, 1)
     base_x = (torch.arange(Wo, device=device, dtype=dtype) * sw - pw).view(Wo, 1, 1, 1) \
         + (torch.arange(kw, device=device, dtype=dtype) * dw)  # (Wo, 1, 1, kw)
-    y = delta[..., 0] + base_y  # (b, Ho, Wo, G, kh, kw)
-    x = delta[..., 1] + base_x
+    y = (delta[..., 0] + base_y).clamp(-_PAD, H)  # (b, Ho, Wo, G, kh, kw)
+    x = (delta[..., 1] + base_x).clamp(-_PAD, W)
     y0, x0 = torch.floor(y), torch.floor(x)
-    ly, lx = y - y0, x - x0
-    valid = (y >= -1) & (y < H) & (x >= -1) & (x < W)
-    zero = torch.zeros((), dtype=dtype, device=device)
-    # corner rows/cols in the padded map: y0 + 1 ∈ [0, H], x0 + 1 ∈ [0, W]
-    pixel = (torch.where(valid, y0 + 1, zero) * (W + 2) + torch.where(valid, x0 + 1, zero)).long()
-    scale = valid.to(dtype)
-    if mask is not None:
-        m = mask.to(dtype).reshape(b, G, kh, kw, Ho, Wo).permute(0, 4, 5, 1, 2, 3)
-        scale = scale * m  # (b, Ho, Wo, G, kh, kw)
-    return pixel, ly, lx, valid, scale
+    pixel = y0 * Wp + x0 + (_PAD * Wp + _PAD)
+    m = None if mask is None else mask.to(dtype).reshape(b, G, kh, kw, Ho, Wo).permute(0, 4, 5, 1, 2, 3)
+    return pixel, y - y0, x - x0, m
 
 
-def _corner_weights(ly: Tensor, lx: Tensor, scale: Tensor) -> Tensor:
-    """Bilinear weights of the corners (y0, x0), (y0, x0+1), (y0+1, x0), (y0+1, x0+1): ``[..., 4]``."""
-    hy, hx = 1 - ly, 1 - lx
-    return torch.stack((hy * hx, hy * lx, ly * hx, ly * lx), dim=-1) * scale.unsqueeze(-1)
-
-
-def _point_rows(pixel: Tensor, geom: _Geometry) -> Tensor:
-    """Row index into the padded channels-last input ``X[b·G'·Hp·Wp, C/G']`` of each point's
-    top-left corner, for every sub-group: ``LongTensor[b, Ho, Wo, G', kh, kw]``."""
+def _corner_rows(pixel: Tensor, geom: _Geometry, index_dtype: torch.dtype = torch.int64, *,
+                 contiguous: bool = False) -> Tensor:
+    """Row of each point's top-left corner in the padded channels-last input ``X[b·G'·Hp·Wp, C/G']``,
+    for every channel sub-group: ``[b, Ho, Wo, G', kh, kw]`` (integer; ``contiguous``: in row order)."""
     b, Ho, Wo, G, kh, kw = pixel.shape
     r = geom.sub_groups // G
-    P = (geom.height + 2) * (geom.width + 2)
-    block = torch.arange(b * geom.sub_groups, device=pixel.device).view(b, 1, 1, G, r, 1, 1) * P
-    return (pixel.reshape(b, Ho, Wo, G, 1, kh, kw) + block).reshape(b, Ho, Wo, G * r, kh, kw)
+    P = (geom.height + 2 * _PAD) * (geom.width + 2 * _PAD)
+    block = torch.arange(0, b * geom.sub_groups * P, P, device=pixel.device, dtype=index_dtype)
+    block = block.view(b, 1, 1, G, r, 1, 1)
+    if contiguous:
+        rows = torch.empty((b, Ho, Wo, G, r, kh, kw), dtype=index_dtype, device=pixel.device)
+        torch.add(pixel.to(index_dtype).unsqueeze(4), block, out=rows)
+    else:
+        rows = pixel.to(index_dtype).unsqueeze(4) + block
+    # a NaN offset gives an undefined integer: keep every index inside its map
+    return rows.clamp_(0, b * geom.sub_groups * P - 1).reshape(b, Ho, Wo, G * r, kh, kw)
+
+
+def _corner_weights(ly: Tensor, lx: Tensor, m: Tensor | None) -> Tensor:
+    """Weights of the corners (y0, x0), (y0, x0+1), (y0+1, x0), (y0+1, x0+1): ``[..., 4]``."""
+    hy, hx = 1 - ly, 1 - lx
+    if m is not None:
+        hy, ly = hy * m, ly * m
+    return torch.stack((hy * hx, hy * lx, ly * hx, ly * lx), dim=-1)
 
 
 def _expand_sub_groups(t: Tensor, geom: _Geometry) -> Tensor:
@@ -263,15 +268,6 @@ def _ungroup_weight(grad: Tensor, geom: _Geometry) -> Tensor:
     return g.permute(0, 1, 2, 4, 3).reshape(geom.out_channels, geom.in_channels // groups, geom.kh, geom.kw)
 
 
-def _apply_weight(cols: Tensor, w: Tensor, geom: _Geometry, b: int) -> Tensor:
-    """Columns ``[b·Ho·Wo, G'·kh·kw·C/G']`` × grouped weight → ``Tensor[b, C_out, Ho, Wo]``."""
-    groups, L = geom.groups, geom.out_h * geom.out_w
-    R = geom.taps * geom.in_channels // groups
-    cols_g = cols.reshape(b * L, groups, R).transpose(0, 1)  # (groups, b·L, R)
-    out = torch.bmm(w, cols_g.transpose(1, 2))  # (groups, C_out/groups, b·L)
-    return out.reshape(geom.out_channels, b, geom.out_h, geom.out_w).transpose(0, 1)
-
-
 # ----------------------------------------------------------------------------------------------
 # The readable formulation: standard ops, autograd differentiates it (ONNX export, torch.compile)
 # ----------------------------------------------------------------------------------------------
@@ -286,23 +282,25 @@ def deform_conv2d_gather(
 
     Gathers the four bilinear corners of every sampling point from the zero-padded input, blends
     them into the column matrix ``[B·Ho·Wo, C·kh·kw]`` and multiplies by the weights. Every op
-    (gather, floor, where, matmul) exists in ONNX and in Inductor, and autograd provides the
-    backward. It holds four column-sized temporaries at once, so it is the memory-hungry path.
+    (pad, gather, floor, clamp, matmul) exists in ONNX and in Inductor, and autograd provides the
+    backward. It holds several column-sized temporaries at once: the memory-hungry path.
     """
     geom = _check(input, offset, weight, bias, stride, padding, dilation, mask)
-    B = input.shape[0]
-    dtype = input.dtype
-    pixel, ly, lx, _valid, scale = _sampling_points(offset, mask, geom, dtype)
-    rows = _point_rows(pixel, geom).reshape(-1)  # (B·Ho·Wo·G'·kh·kw,)
-    weights = _expand_sub_groups(_corner_weights(ly, lx, scale), geom).reshape(-1, 4).to(dtype)
-    Gs, Cs, Hp, Wp = geom.sub_groups, geom.sub_channels, geom.height + 2, geom.width + 2
-    X = F.pad(input, (1, 1, 1, 1)).reshape(B, Gs, Cs, Hp, Wp).permute(0, 1, 3, 4, 2).reshape(-1, Cs)
+    B, dtype = input.shape[0], input.dtype
+    pixel, ly, lx, m = _sampling_points(offset, mask, geom, dtype)
+    rows = _corner_rows(pixel, geom).reshape(-1)  # (B·Ho·Wo·G'·kh·kw,)
+    weights = _expand_sub_groups(_corner_weights(ly, lx, m), geom).reshape(-1, 4).to(dtype)
+    Gs, Cs, Hp, Wp = geom.sub_groups, geom.sub_channels, geom.height + 2 * _PAD, geom.width + 2 * _PAD
+    X = F.pad(input, (_PAD,) * 4).reshape(B, Gs, Cs, Hp, Wp).permute(0, 1, 3, 4, 2).reshape(-1, Cs)
     # X: (B·G'·Hp·Wp, C/G'), zero-padded channels-last rows
     cols = X.index_select(0, rows) * weights[:, 0:1]
     for corner, shift in ((1, 1), (2, Wp), (3, Wp + 1)):
         cols = cols + X.index_select(0, rows + shift) * weights[:, corner:corner + 1]
     # cols: (B·Ho·Wo·G'·kh·kw, C/G') = (B·Ho·Wo, G'·kh·kw·C/G') row-major
-    out = _apply_weight(cols, _grouped_weight(weight, geom, dtype), geom, B)  # (B, C_out, Ho, Wo)
+    groups, L, R = geom.groups, geom.out_h * geom.out_w, geom.taps * geom.in_channels // geom.groups
+    out = torch.bmm(_grouped_weight(weight, geom, dtype), cols.reshape(B * L, groups, R).permute(1, 2, 0))
+    # out: (groups, C_out/groups, B·Ho·Wo)
+    out = out.reshape(geom.out_channels, B, geom.out_h, geom.out_w).transpose(0, 1)
     if bias is not None:
         out = out + bias.view(1, -1, 1, 1)
     return out.contiguous()
@@ -313,75 +311,105 @@ def deform_conv2d_gather(
 # ----------------------------------------------------------------------------------------------
 
 
-class _Sampler:
-    """Bilinear sampling of one batch chunk as products with the sampling matrix ``S``
-    (``n`` points × ``b·G'·Hp·Wp`` padded pixels, four non-zeros per row: the corner weights):
+class _Chunk:
+    """Sampling points, sampling matrix and padded input of one batch chunk ``[s, e)``.
 
-    - ``sample(X, out)``: ``out = S @ X``, the columns ``[n, C/G']``;
-    - ``sample_t(grad_cols, out)``: ``S^T @ grad_cols``, the input gradient as padded rows;
-    - ``corner_dots(grad_cols, X)``: ``[n, 4]``, ``<grad_cols[r], X[corner_k(r)]>``, from which the
-      offset and mask gradients follow.
+    The bilinear sampling of the chunk is the matrix ``S`` (``n`` points × ``b·G'·Hp·Wp`` padded
+    pixels, four non-zeros per row: the corner weights). Three products with it do all the work:
+
+    - :meth:`sample`: ``S @ X``, the columns ``[n, C/G']`` (im2col);
+    - :meth:`sample_t`: ``S^T @ grad_cols``, the input gradient as padded rows (col2im);
+    - :meth:`corner_dots`: ``[n, 4]``, ``<grad_cols[r], X[corner_k(r)]>``, from which the offset and
+      mask gradients follow.
 
     ``kind="sparse"`` uses ``torch.sparse`` CSR products, one fused multi-threaded pass each (CPU,
-    float32/float64); ``kind="gather"`` uses ``index_select``/``index_add_`` on any device and dtype.
+    float32/float64); ``kind="gather"`` uses ``index_select``/``index_add_`` (any device and dtype).
     """
 
-    def __init__(self, kind: str, top_left: Tensor, weights: Tensor, num_pixels: int, row_width: int):
-        self.kind = kind
-        self.n = top_left.numel()
-        self.num_pixels = num_pixels
-        self.row_width = row_width
-        self.top_left = top_left  # (n,) flat row of each point's top-left corner in X
-        self.weights = weights  # (n, 4)
-        shifts = torch.tensor([0, 1, row_width, row_width + 1], device=top_left.device)
-        if kind == "sparse":
-            index = torch.int32 if num_pixels < 2**31 - row_width - 2 and 4 * self.n < 2**31 else torch.int64
-            crow = torch.arange(0, 4 * self.n + 1, 4, device=top_left.device, dtype=index)
-            corners = (top_left.view(-1, 1) + shifts).to(index)  # (n, 4), sorted within each row
-            self.S = _csr(crow, corners.view(-1), weights.reshape(-1), (self.n, num_pixels))
-        else:
-            self.corners = top_left.view(-1, 1) + shifts  # (n, 4)
+    def __init__(self, input, offset, mask, s, e, geom: _Geometry, dtype, kind: str, X_buffer):
+        b = e - s
+        Gs, Cs, H, W = geom.sub_groups, geom.sub_channels, geom.height, geom.width
+        self.kind, self.geom = kind, geom
+        self.X = X_buffer[:b]  # zero border, interior rewritten for every chunk
+        self.X[:, :, _PAD:-_PAD, _PAD:-_PAD, :] = input[s:e].reshape(b, Gs, Cs, H, W).permute(0, 1, 3, 4, 2)
+        self.X = self.X.view(-1, Cs)  # (b·G'·Hp·Wp, C/G')
+        self.num_pixels, self.row_width = self.X.shape[0], W + 2 * _PAD
 
-    def sample(self, X: Tensor, out: Tensor) -> Tensor:
+        pixel, self.ly, self.lx, self.m = _sampling_points(offset[s:e], None if mask is None else mask[s:e],
+                                                           geom, dtype)
+        r, shape = Gs // geom.offset_groups, pixel.shape  # (b, Ho, Wo, G, kh, kw)
+        self.n = pixel.numel() * r
+        top_left = _corner_rows(pixel, geom, contiguous=True).view(-1)  # (n,)
+        # the four weights, written straight into row order: (b, Ho, Wo, G, r, kh, kw, 4)
+        self.weights = torch.empty((*shape[:4], r, *shape[4:], 4), dtype=dtype, device=pixel.device)
+        hy, hx, ly, lx = 1 - self.ly, 1 - self.lx, self.ly, self.lx
+        if self.m is not None:
+            hy, ly = hy * self.m, ly * self.m
+        for k, (a, c) in enumerate(((hy, hx), (hy, lx), (ly, hx), (ly, lx))):
+            target = self.weights[..., k]  # (b, Ho, Wo, G, r, kh, kw): the sub-groups share the weights
+            torch.mul(a.unsqueeze(4).expand_as(target), c.unsqueeze(4), out=target)
+        self.weights = self.weights.view(self.n, 4)
+        shifts = torch.tensor([0, 1, self.row_width, self.row_width + 1], device=pixel.device)
+        # (pixel, point) of every non-zero of S^T, as a COO index; row 0 holds the four corners
+        self.coo_index = torch.empty((2, 4 * self.n), dtype=torch.int64, device=pixel.device)
+        self.corners = torch.add(top_left.view(-1, 1), shifts, out=self.coo_index[0].view(-1, 4))
+        # corners: (n, 4), ascending within each row
+        if kind == "sparse":
+            crow = torch.arange(0, 4 * self.n + 1, 4, device=pixel.device)
+            self.S = _csr(crow, self.coo_index[0], self.weights.view(-1), (self.n, self.num_pixels))
+
+    def sample(self, out: Tensor) -> Tensor:
         if self.kind == "sparse":
-            return torch.addmm(out, self.S, X, beta=0, out=out)
-        torch.index_select(X, 0, self.corners[:, 0], out=out).mul_(self.weights[:, 0:1])
+            return torch.addmm(out, self.S, self.X, beta=0, out=out)
+        torch.index_select(self.X, 0, self.corners[:, 0], out=out).mul_(self.weights[:, 0:1])
         for k in range(1, 4):
-            out.addcmul_(X.index_select(0, self.corners[:, k]), self.weights[:, k:k + 1])
+            out.addcmul_(self.X.index_select(0, self.corners[:, k]), self.weights[:, k:k + 1])
         return out
 
-    def sample_t(self, grad_cols: Tensor, out: Tensor) -> Tensor:
-        """``out``: a buffer of at least ``4·num_pixels`` rows; returns a view of ``num_pixels`` rows."""
-        P, Wp = self.num_pixels, self.row_width
+    def sample_t(self, grad_cols: Tensor, out: Tensor, point_ids: Tensor) -> Tensor:
+        """``point_ids``: ``arange(4·n) // 4`` (or longer), shared by the chunks of a call."""
         if self.kind == "sparse":
-            # S^T sorted by the top-left corner only: block k of the result holds corner k's
-            # contributions at the top-left pixel, and shifting block k by its corner offset adds it.
-            order = torch.sort(self.top_left, stable=True).indices
-            index = self.S.crow_indices().dtype
-            counts = torch.bincount(self.top_left, minlength=P)
-            crow = torch.zeros(4 * P + 1, dtype=index, device=grad_cols.device)
-            torch.cumsum(counts.repeat(4), 0, out=crow[1:])
-            cols = order.to(index).repeat(4)
-            values = self.weights.index_select(0, order).t().reshape(-1)  # (4·n,) block-major
-            blocks = torch.addmm(out[:4 * P], _csr(crow, cols, values, (4 * P, self.n)), grad_cols,
-                                 beta=0, out=out[:4 * P]).view(4, P, -1)
-            result = blocks[0]
-            result[1:] += blocks[1, :-1]
-            result[Wp:] += blocks[2, :-Wp]
-            result[Wp + 1:] += blocks[3, :-Wp - 1]
-            return result
-        result = out[:P].zero_()
+            # S^T as an unsorted COO matrix: the product is one pass over its entries (no sort, which
+            # costs as much as the product and, multi-threaded, suffers on a busy machine)
+            self.coo_index[1].copy_(point_ids[:4 * self.n])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                St = torch.sparse_coo_tensor(self.coo_index, self.weights.view(-1), (self.num_pixels, self.n),
+                                             check_invariants=False)
+            return torch.addmm(out, St, grad_cols, beta=0, out=out)
+        out.zero_()
         for k in range(4):
-            result.index_add_(0, self.corners[:, k], grad_cols * self.weights[:, k:k + 1])
-        return result
+            out.index_add_(0, self.corners[:, k], grad_cols * self.weights[:, k:k + 1])
+        return out
 
-    def corner_dots(self, grad_cols: Tensor, X: Tensor) -> Tensor:
+    def corner_dots(self, grad_cols: Tensor) -> Tensor:
         if self.kind == "sparse":
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "sparse CSR support is in beta" (once per process)
-                dots = torch.sparse.sampled_addmm(self.S, grad_cols, X.t(), beta=0.0)
+                dots = torch.sparse.sampled_addmm(self.S, grad_cols, self.X.t(), beta=0.0)
             return dots.values().view(self.n, 4)
-        return torch.stack([(X.index_select(0, self.corners[:, k]) * grad_cols).sum(1) for k in range(4)], 1)
+        return torch.stack([(self.X.index_select(0, self.corners[:, k]) * grad_cols).sum(1) for k in range(4)], 1)
+
+    def coordinate_grads(self, dots: Tensor, grad_offset: Tensor | None, grad_mask: Tensor | None) -> None:
+        """Offset and mask gradients of the chunk from the corner dots ``[n, 4]``, written into
+        ``grad_offset[b, 2·G·kh·kw, Ho, Wo]`` and ``grad_mask[b, G·kh·kw, Ho, Wo]``."""
+        geom = self.geom
+        b, Ho, Wo, G, kh, kw = self.ly.shape
+        dots = dots.view(b, Ho, Wo, G, geom.sub_groups // G, kh, kw, 4).sum(4)  # sub-groups share offsets
+        d00, d01, d10, d11 = dots.unbind(-1)  # each (b, Ho, Wo, G, kh, kw)
+        ly, lx, hy, hx = self.ly, self.lx, 1 - self.ly, 1 - self.lx
+        if grad_offset is not None:
+            g = grad_offset.view(b, G, kh, kw, 2, Ho, Wo).permute(0, 5, 6, 1, 2, 3, 4)  # (b, Ho, Wo, G, kh, kw, 2)
+            gy = (d10 - d00) * hx + (d11 - d01) * lx
+            gx = (d01 - d00) * hy + (d11 - d10) * ly
+            if self.m is None:
+                g[..., 0], g[..., 1] = gy, gx
+            else:
+                torch.mul(gy, self.m, out=g[..., 0])
+                torch.mul(gx, self.m, out=g[..., 1])
+        if grad_mask is not None:
+            gm = grad_mask.view(b, G, kh, kw, Ho, Wo).permute(0, 4, 5, 1, 2, 3)  # (b, Ho, Wo, G, kh, kw)
+            torch.add((d00 * hx + d01 * lx) * hy, (d10 * hx + d11 * lx) * ly, out=gm)
 
 
 def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
@@ -404,25 +432,11 @@ def _compute_dtype(dtype: torch.dtype, kind: str) -> torch.dtype:
     return dtype
 
 
-class _Chunk:
-    """Sampling points, sampler and padded input ``X`` of one batch chunk ``[s, e)``."""
-
-    def __init__(self, input, offset, mask, s, e, geom: _Geometry, dtype, kind, X_buffer):
-        b = e - s
-        mask_c = None if mask is None else mask[s:e]
-        pixel, self.ly, self.lx, self.valid, self.scale = _sampling_points(offset[s:e], mask_c, geom, dtype)
-        top_left = _point_rows(pixel, geom).reshape(-1)  # (b·Ho·Wo·G'·kh·kw,)
-        weights = _expand_sub_groups(_corner_weights(self.ly, self.lx, self.scale), geom).reshape(-1, 4).to(dtype)
-        Gs, Cs, H, W = geom.sub_groups, geom.sub_channels, geom.height, geom.width
-        X = X_buffer[:b]  # zero border, interior rewritten for every chunk
-        X[:, :, 1:-1, 1:-1, :] = input[s:e].reshape(b, Gs, Cs, H, W).permute(0, 1, 3, 4, 2)
-        self.X = X.view(-1, Cs)  # (b·G'·Hp·Wp, C/G')
-        self.sampler = _Sampler(kind, top_left, weights, self.X.shape[0], W + 2)
-
-
-def _buffers(geom: _Geometry, dtype, device, chunk_images: int):
+def _buffers(geom: _Geometry, dtype, device, chunk_images: int) -> tuple[Tensor, Tensor]:
+    """The padded channels-last input ``[b, G', Hp, Wp, C/G']`` (zeros) and a columns buffer."""
     Gs, Cs = geom.sub_groups, geom.sub_channels
-    X = torch.zeros((chunk_images, Gs, geom.height + 2, geom.width + 2, Cs), dtype=dtype, device=device)
+    X = torch.zeros((chunk_images, Gs, geom.height + 2 * _PAD, geom.width + 2 * _PAD, Cs), dtype=dtype,
+                    device=device)
     n = chunk_images * geom.out_h * geom.out_w * Gs * geom.taps
     return X, torch.empty((n, Cs), dtype=dtype, device=device)
 
@@ -430,14 +444,15 @@ def _buffers(geom: _Geometry, dtype, device, chunk_images: int):
 def _weight_product(cols: Tensor, w: Tensor, geom: _Geometry, out: Tensor) -> None:
     """``out[b, C_out, Ho, Wo] = weight ⊛ cols`` for the columns ``[b·Ho·Wo, G'·kh·kw·C/G']``."""
     b, L = out.shape[0], geom.out_h * geom.out_w
+    R = w.shape[-1]
     direct = out.dtype == cols.dtype
     if geom.groups == 1:
         target = out.view(b, -1, L) if direct else None
-        res = torch.bmm(w.expand(b, -1, -1), cols.view(b, L, -1).transpose(1, 2), **_out(target))
+        res = torch.bmm(w.expand(b, -1, -1), cols.view(b, L, R).transpose(1, 2), **_out(target))
         # res: (b, C_out, Ho·Wo)
     else:
         target = out.view(geom.groups, -1, L) if direct and b == 1 else None
-        colsg = cols.view(b * L, geom.groups, -1).permute(1, 2, 0)  # (groups, R, b·L)
+        colsg = cols.view(b * L, geom.groups, R).permute(1, 2, 0)  # (groups, R, b·L)
         res = torch.bmm(w, colsg, **_out(target))  # (groups, C_out/groups, b·L)
         res = res.view(geom.out_channels, b, L).transpose(0, 1)  # (b, C_out, Ho·Wo)
     if target is None:
@@ -459,8 +474,8 @@ class _DeformConv2dFunction(torch.autograd.Function):
             X_buffer, cols_buffer = _buffers(geom, dtype, input.device, chunks[0][1])
             for s, e in chunks:
                 chunk = _Chunk(input, offset, mask, s, e, geom, dtype, kind, X_buffer)
-                cols = chunk.sampler.sample(chunk.X, cols_buffer[:chunk.sampler.n])
-                _weight_product(cols, w, geom, out[s:e])  # cols: (b·Ho·Wo·G'·kh·kw, C/G')
+                cols = chunk.sample(cols_buffer[:chunk.n])  # (b·Ho·Wo·G'·kh·kw, C/G')
+                _weight_product(cols, w, geom, out[s:e])
             if bias is not None:
                 out += bias.view(1, -1, 1, 1)
         ctx.geom, ctx.kind = geom, kind
@@ -474,52 +489,41 @@ class _DeformConv2dFunction(torch.autograd.Function):
         geom, kind = ctx.geom, ctx.kind
         need_input, need_offset, need_mask, need_weight, need_bias = ctx.needs_input_grad[:5]
         dtype = _compute_dtype(input.dtype, kind)
-        Ho, Wo, L = geom.out_h, geom.out_w, geom.out_h * geom.out_w
-        G, K, groups = geom.offset_groups, geom.taps, geom.groups
+        L, groups = geom.out_h * geom.out_w, geom.groups
         Gs, Cs, H, W = geom.sub_groups, geom.sub_channels, geom.height, geom.width
-        grad_input = torch.zeros_like(input) if need_input else None
-        grad_offset = torch.zeros_like(offset) if need_offset else None
-        grad_mask = torch.zeros_like(mask) if need_mask else None
+        grad_input = torch.zeros_like(input, memory_format=torch.contiguous_format) if need_input else None
+        grad_offset = torch.zeros_like(offset, memory_format=torch.contiguous_format) if need_offset else None
+        grad_mask = torch.zeros_like(mask, memory_format=torch.contiguous_format) if need_mask else None
         w = _grouped_weight(weight, geom, dtype)  # (groups, C_out/groups, R)
         grad_w = torch.zeros_like(w) if need_weight else None
         chunks = _chunks(geom, torch.finfo(dtype).bits // 8)
         if chunks and (need_input or need_offset or need_mask or need_weight):
             X_buffer, cols_buffer = _buffers(geom, dtype, input.device, chunks[0][1])
             grad_cols_buffer = torch.empty_like(cols_buffer)
-            gX_buffer = torch.empty((4 * X_buffer[:, :, :, :, 0].numel(), Cs), dtype=dtype,
-                                    device=input.device) if need_input else None
+            gX_buffer = torch.empty_like(X_buffer).view(-1, Cs) if need_input else None
+            point_ids = torch.arange(4 * cols_buffer.shape[0], device=input.device) // 4
             for s, e in chunks:
                 b = e - s
                 chunk = _Chunk(input, offset, mask, s, e, geom, dtype, kind, X_buffer)
-                n = chunk.sampler.n
                 go = grad_out[s:e].to(dtype).reshape(b, groups, -1, L).permute(1, 2, 0, 3)
                 go = go.reshape(groups, -1, b * L)  # (groups, C_out/groups, b·Ho·Wo)
                 if need_weight:
-                    cols = chunk.sampler.sample(chunk.X, cols_buffer[:n]).view(b * L, groups, -1)
+                    cols = chunk.sample(cols_buffer[:chunk.n]).view(b * L, groups, -1)
                     grad_w.baddbmm_(go, cols.transpose(0, 1))  # += (groups, C_out/groups, R)
-                grad_cols = grad_cols_buffer[:n]
+                grad_cols = grad_cols_buffer[:chunk.n]
                 if groups == 1:
                     torch.mm(go[0].t(), w[0], out=grad_cols.view(b * L, -1))
                 else:
                     grad_cols.view(b * L, groups, -1).copy_(torch.bmm(go.transpose(1, 2), w).transpose(0, 1))
                 # grad_cols: (b·Ho·Wo·G'·kh·kw, C/G')
                 if need_input:
-                    gX = chunk.sampler.sample_t(grad_cols, gX_buffer).view(b, Gs, H + 2, W + 2, Cs)
-                    grad_input[s:e].view(b, Gs, Cs, H, W).copy_(gX[:, :, 1:-1, 1:-1, :].permute(0, 1, 4, 2, 3))
+                    gX = chunk.sample_t(grad_cols, gX_buffer[:chunk.num_pixels], point_ids)
+                    gX = gX.view(b, Gs, H + 2 * _PAD, W + 2 * _PAD, Cs)[:, :, _PAD:-_PAD, _PAD:-_PAD, :]
+                    grad_input[s:e].view(b, Gs, Cs, H, W).copy_(gX.permute(0, 1, 4, 2, 3))
                 if need_offset or need_mask:
-                    dots = chunk.sampler.corner_dots(grad_cols, chunk.X)  # (n, 4)
-                    dots = dots.view(b, Ho, Wo, G, Gs // G, geom.kh, geom.kw, 4).sum(4)
-                    d00, d01, d10, d11 = dots.unbind(-1)  # each (b, Ho, Wo, G, kh, kw)
-                    ly, lx = chunk.ly, chunk.lx
-                    if need_offset:
-                        gy = ((d10 - d00) * (1 - lx) + (d11 - d01) * lx) * chunk.scale
-                        gx = ((d01 - d00) * (1 - ly) + (d11 - d10) * ly) * chunk.scale
-                        g = torch.stack((gy, gx), -1).permute(0, 3, 4, 5, 6, 1, 2)  # (b, G, kh, kw, 2, Ho, Wo)
-                        grad_offset[s:e] = g.reshape(b, 2 * G * K, Ho, Wo)
-                    if need_mask:
-                        hy, hx = 1 - ly, 1 - lx
-                        gm = (d00 * hy * hx + d01 * hy * lx + d10 * ly * hx + d11 * ly * lx) * chunk.valid
-                        grad_mask[s:e] = gm.permute(0, 3, 4, 5, 1, 2).reshape(b, G * K, Ho, Wo)
+                    chunk.coordinate_grads(chunk.corner_dots(grad_cols),
+                                           None if grad_offset is None else grad_offset[s:e],
+                                           None if grad_mask is None else grad_mask[s:e])
         grad_weight = _ungroup_weight(grad_w, geom).to(weight.dtype) if need_weight else None
         grad_bias = grad_out.sum((0, 2, 3)) if need_bias else None
         return grad_input, grad_offset, grad_mask, grad_weight, grad_bias, None, None

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -52,6 +53,7 @@ def plot_curves(rows: list[dict[str, Any]], metrics: Sequence[str], path: str | 
                     x, y = zip(*pts)
                     ax.plot(x, y, style, marker="o", ms=3, color=_COLORS[i % 10], label=f"{label} {split}")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.set_title(metric)

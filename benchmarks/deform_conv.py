@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -109,17 +108,15 @@ def forward_backward(fn, tensors, grad_out=None):
 
 
 def time_ms(stmt_fn, min_run_time: float, device: str, slow_after_s: float) -> tuple[float, int]:
-    """Median milliseconds of ``stmt_fn()`` and the number of runs (one warm-up run first; calls
-    slower than ``slow_after_s`` are timed by a single further run)."""
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    start = time.perf_counter()
-    stmt_fn()
-    sync()
-    first = time.perf_counter() - start
+    """Median milliseconds of ``stmt_fn()`` and the number of timed runs, after one warm-up run.
+    When a first timed run takes longer than ``slow_after_s`` it is the measurement (one run)."""
+    stmt_fn()  # warm-up
+    if device == "cuda":
+        torch.cuda.synchronize()
     timer = benchmark.Timer(stmt="fn()", globals={"fn": stmt_fn})
-    if first > slow_after_s:
-        m = timer.timeit(1)
-        return m.median * 1e3, 1
+    probe = timer.timeit(1)
+    if probe.median > slow_after_s:
+        return probe.median * 1e3, 1
     m = timer.blocked_autorange(min_run_time=min_run_time)
     return m.median * 1e3, len(m.times) * m.number_per_run
 

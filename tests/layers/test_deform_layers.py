@@ -286,22 +286,25 @@ def test_torch_compile_of_a_model_with_the_layer_matches_eager():
     torch.testing.assert_close(compiled(x), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore:Constant folding:UserWarning")
 @pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo-exporter", "torchscript-exporter"])
 def test_onnx_export_runs_in_onnxruntime_with_standard_ops(tmp_path, dynamo):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     model = _trained_like_model()
     x = torch.randn(2, 3, 16, 16, generator=_seeded())
-    with torch.no_grad():
-        expected = model(x).numpy()
     path = tmp_path / "deformable.onnx"
-    if dynamo:
-        torch.onnx.export(model, (x,), path, dynamo=True, verbose=False)
+    if dynamo:  # the default exporter of torch.onnx.export, with a dynamic batch size
+        batch = torch.export.Dim("batch", min=1, max=64)
+        torch.onnx.export(model, (x,), path, dynamo=True, verbose=False, dynamic_shapes={"input": {0: batch}})
     else:
         with pytest.warns(DeprecationWarning):
             torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17)
     graph = onnx.load(path).graph
     assert {node.domain for node in graph.node} <= {"", "ai.onnx"}  # standard ONNX ops only
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (actual,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
+    for inputs in ([x, torch.randn(3, 3, 16, 16, generator=_seeded(1))] if dynamo else [x]):
+        with torch.no_grad():
+            expected = model(inputs).numpy()
+        (actual,) = session.run(None, {session.get_inputs()[0].name: inputs.numpy()})
+        np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)

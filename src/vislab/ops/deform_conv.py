@@ -111,6 +111,11 @@ def deform_conv2d_output_size(
     return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
 
 
+def _dims(t: Tensor) -> tuple:
+    # the legacy (tracing) ONNX exporter gives sizes as tensors; ints and SymInts stay as they are
+    return tuple(int(v) if isinstance(v, Tensor) else v for v in t.shape)
+
+
 def _check(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, stride: _IntPair,
            padding: _IntPair, dilation: _IntPair, mask: Tensor | None) -> _Geometry:
     for name, t in (("input", input), ("offset", offset), ("weight", weight)):
@@ -136,8 +141,8 @@ def _check(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, s
 
     stride_, padding_ = _pair(stride, "stride", 1), _pair(padding, "padding", 0)
     dilation_ = _pair(dilation, "dilation", 1)
-    B, C, H, W = (int(v) for v in input.shape)  # ints also under the legacy (tracing) ONNX exporter
-    C_out, C_per_group, kh, kw = (int(v) for v in weight.shape)
+    B, C, H, W = _dims(input)
+    C_out, C_per_group, kh, kw = _dims(weight)
     if C_per_group == 0 or C % C_per_group != 0:
         raise ValueError(
             f"weight.shape[1] (input channels per group) must divide the input's {C} channels, "
@@ -156,7 +161,7 @@ def _check(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, s
             f"padding {padding_}, dilation {dilation_} gives {Ho}×{Wo}")
 
     K = kh * kw
-    offset_shape = tuple(int(v) for v in offset.shape)
+    offset_shape = _dims(offset)
     if len(offset_shape) != 4 or offset_shape[0] != B or offset_shape[2:] != (Ho, Wo) \
             or offset_shape[1] == 0 or offset_shape[1] % (2 * K) != 0:
         raise ValueError(
@@ -167,11 +172,11 @@ def _check(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, s
         raise ValueError(
             f"the offset's {G} offset groups (offset.shape[1]={offset_shape[1]} = 2·G·{K}) must divide "
             f"the input's {C} channels")
-    if mask is not None and tuple(int(v) for v in mask.shape) != (B, G * K, Ho, Wo):
+    if mask is not None and _dims(mask) != (B, G * K, Ho, Wo):
         raise ValueError(
             f"mask must be Tensor[B, G·kh·kw, Ho, Wo] = {[B, G * K, Ho, Wo]} (G={G} from the offset), "
             f"got shape {tuple(mask.shape)}")
-    if bias is not None and tuple(int(v) for v in bias.shape) != (C_out,):
+    if bias is not None and _dims(bias) != (C_out,):
         raise ValueError(f"bias must be Tensor[C_out] = [{C_out}], got shape {tuple(bias.shape)}")
     return _Geometry(B, C, H, W, C_out, kh, kw, stride_, padding_, dilation_, Ho, Wo, groups, G,
                      mask is not None)

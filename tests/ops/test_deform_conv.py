@@ -182,6 +182,16 @@ def test_boundary_rules_by_hand():
         assert leaf.grad[0, :, 0, 0].tolist() == pytest.approx([2.0, 0.0]), fn.__name__
 
 
+@pytest.mark.parametrize("transpose", ["csr", "coo"])
+@pytest.mark.parametrize("case", ["3x3-basic", "groups-3-offset-groups-2", "large-offsets-leave-map"])
+def test_both_transposed_sampling_matrices_match_torchvision(monkeypatch, case, transpose):
+    monkeypatch.setattr(dc, "_TRANSPOSE", transpose)
+    (x, offset, weight, bias, mask), kw = _case(case)
+    expected = _forward_backward(torchvision.ops.deform_conv2d, x, offset, weight, bias, mask, **kw)
+    actual = _forward_backward(IMPLEMENTATIONS["fast-sparse"], x, offset, weight, bias, mask, **kw)
+    _assert_rel_close(actual[1], expected[1], 1e-5, f"{case}/{transpose}/input")
+
+
 @pytest.mark.parametrize("impl", list(IMPLEMENTATIONS))
 def test_several_batch_chunks_equal_one(monkeypatch, impl):
     (x, offset, weight, bias, mask), kw = _case("groups-2")

@@ -46,6 +46,8 @@ __all__ = ["deform_conv2d", "deform_conv2d_gather", "deform_conv2d_output_size"]
 # Column-buffer budget per batch chunk, in bytes of the compute dtype. A few MiB keeps the gathered
 # columns and the padded input chunk in cache; it also bounds the extra memory of the operator.
 _CHUNK_BYTES = 4 * 2**20
+# How the backward forms the transposed sampling matrix: "csr", "coo" or "auto" (see _transpose_as_csr)
+_TRANSPOSE = "auto"
 
 _IntPair = int | tuple[int, int]
 
@@ -373,9 +375,20 @@ class _Chunk:
 
     def sample_t(self, grad_cols: Tensor, out: Tensor, point_ids: Tensor) -> Tensor:
         """``point_ids``: ``arange(4·n) // 4`` (or longer), shared by the chunks of a call."""
+        if self.kind == "sparse" and _transpose_as_csr():
+            # S^T in CSR form: the (point, corner) entries grouped by the pixel they read, by a
+            # stable (radix) sort; then a multi-threaded product
+            key = self.corners.view(-1)
+            if 4 * self.n < 2**31 and self.num_pixels < 2**31:
+                key = key.to(torch.int32)
+            order = torch.sort(key, stable=True).indices
+            crow = torch.zeros(self.num_pixels + 1, dtype=key.dtype, device=key.device)
+            torch.cumsum(torch.bincount(key, minlength=self.num_pixels), 0, dtype=key.dtype, out=crow[1:])
+            St = _csr(crow, (order // 4).to(key.dtype), self.weights.view(-1).index_select(0, order),
+                      (self.num_pixels, self.n))
+            return torch.addmm(out, St, grad_cols, beta=0, out=out)
         if self.kind == "sparse":
-            # S^T as an unsorted COO matrix: the product is one pass over its entries (no sort, which
-            # costs as much as the product and, multi-threaded, suffers on a busy machine)
+            # S^T as an unsorted COO matrix: one serial pass over its entries, no sort
             self.coo_index[1].copy_(point_ids[:4 * self.n])
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -415,6 +428,14 @@ class _Chunk:
         if grad_mask is not None:
             gm = grad_mask.view(b, G, kh, kw, Ho, Wo).permute(0, 4, 5, 1, 2, 3)  # (b, Ho, Wo, G, kh, kw)
             torch.add((d00 * hx + d01 * lx) * hy, (d10 * hx + d11 * lx) * ly, out=gm)
+
+
+def _transpose_as_csr() -> bool:
+    """How :meth:`_Chunk.sample_t` forms ``S^T``: sorted into CSR (a parallel radix sort, then a
+    parallel product) or as unsorted COO (one serial pass). On an idle 2-core machine CSR is about
+    2.5× faster, but its sort synchronises its threads many times and collapses when the cores are
+    busy (10-40× slower measured); COO costs the same either way. "auto" takes CSR from 4 threads."""
+    return _TRANSPOSE == "csr" or (_TRANSPOSE == "auto" and torch.get_num_threads() >= 4)
 
 
 def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:

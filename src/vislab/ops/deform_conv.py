@@ -373,8 +373,8 @@ class _Chunk:
             out.addcmul_(self.X.index_select(0, self.corners[:, k]), self.weights[:, k:k + 1])
         return out
 
-    def sample_t(self, grad_cols: Tensor, out: Tensor, point_ids: Tensor) -> Tensor:
-        """``point_ids``: ``arange(4·n) // 4`` (or longer), shared by the chunks of a call."""
+    def sample_t(self, grad_cols: Tensor, out: Tensor, point_ids: Tensor | None) -> Tensor:
+        """``point_ids``: ``arange(4·n) // 4`` (or longer), shared by the chunks of a call (COO only)."""
         if self.kind == "sparse" and _transpose_as_csr():
             # S^T in CSR form: the (point, corner) entries grouped by the pixel they read, by a
             # stable (radix) sort; then a multi-threaded product
@@ -524,10 +524,11 @@ class _DeformConv2dFunction(torch.autograd.Function):
         grad_w = torch.zeros_like(w) if need_weight else None
         chunks = _chunks(geom, torch.finfo(dtype).bits // 8)
         if chunks and (need_input or need_offset or need_mask or need_weight):
+            # one column buffer: the columns, used up by the weight gradient, then their gradient
             X_buffer, cols_buffer = _buffers(geom, dtype, input.device, chunks[0][1])
-            grad_cols_buffer = torch.empty_like(cols_buffer)
             gX_buffer = torch.empty_like(X_buffer).view(-1, Cs) if need_input else None
-            point_ids = torch.arange(4 * cols_buffer.shape[0], device=input.device) // 4
+            point_ids = torch.arange(4 * cols_buffer.shape[0], device=input.device) // 4 \
+                if need_input and kind == "sparse" and not _transpose_as_csr() else None
             for s, e in chunks:
                 b = e - s
                 chunk = _Chunk(input, offset, mask, s, e, geom, dtype, kind, X_buffer)
@@ -536,7 +537,7 @@ class _DeformConv2dFunction(torch.autograd.Function):
                 if need_weight:
                     cols = chunk.sample(cols_buffer[:chunk.n]).view(b * L, groups, -1)
                     grad_w.baddbmm_(go, cols.transpose(0, 1))  # += (groups, C_out/groups, R)
-                grad_cols = grad_cols_buffer[:chunk.n]
+                grad_cols = cols_buffer[:chunk.n]
                 if groups == 1:
                     torch.mm(go[0].t(), w[0], out=grad_cols.view(b * L, -1))
                 else:

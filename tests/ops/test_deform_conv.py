@@ -194,11 +194,12 @@ def test_both_transposed_sampling_matrices_match_torchvision(monkeypatch, case, 
 
 @pytest.mark.parametrize("impl", list(IMPLEMENTATIONS))
 def test_several_batch_chunks_equal_one(monkeypatch, impl):
-    (x, offset, weight, bias, mask), kw = _case("groups-2")
+    (x, offset, weight, bias, mask), kw = _case("groups-2")  # 6×6 maps
     x, offset, mask = (t.repeat(3, 1, 1, 1) for t in (x, offset, mask))  # B = 6
     whole = _forward_backward(IMPLEMENTATIONS[impl], x, offset, weight, bias, mask, **kw)
+    monkeypatch.setattr(dc, "_MIN_CHUNK_COLUMNS", 1)
     monkeypatch.setattr(dc, "_CHUNK_BYTES", 1)  # one image per chunk
-    assert len(dc._chunks(dc._check(x, offset, weight, bias, mask=mask, **kw), 4)) == 6
+    assert len(dc._chunks(dc._check(x, offset, weight, bias, mask=mask, **kw), 4, x.device)) == 6
     chunked = _forward_backward(IMPLEMENTATIONS[impl], x, offset, weight, bias, mask, **kw)
     monkeypatch.setattr(dc, "_CHUNK_BYTES", 4 * weight.shape[1] * 9 * 36 * 4)  # 4 images, then 2
     uneven = _forward_backward(IMPLEMENTATIONS[impl], x, offset, weight, bias, mask, **kw)

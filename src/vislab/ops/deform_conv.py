@@ -43,9 +43,12 @@ from torch.autograd.function import once_differentiable
 
 __all__ = ["deform_conv2d", "deform_conv2d_gather", "deform_conv2d_output_size"]
 
-# Column-buffer budget per batch chunk, in bytes of the compute dtype. A few MiB keeps the gathered
-# columns and the padded input chunk in cache; it also bounds the extra memory of the operator.
+# Column-buffer budget per batch chunk, in bytes of the compute dtype. On CPU a few MiB keeps the
+# gathered columns and the padded input chunk in cache; on a GPU chunks are larger so that kernels
+# stay big. Either way it bounds the extra memory of the operator (at least one image per chunk).
 _CHUNK_BYTES = 4 * 2**20
+_CHUNK_BYTES_GPU = 256 * 2**20
+_MIN_CHUNK_COLUMNS = 512
 # How the backward forms the transposed sampling matrix: "csr", "coo" or "auto" (see _transpose_as_csr)
 _TRANSPOSE = "auto"
 
@@ -444,10 +447,12 @@ def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Te
         return torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
 
 
-def _chunks(geom: _Geometry, element_size: int) -> list[tuple[int, int]]:
+def _chunks(geom: _Geometry, element_size: int, device: torch.device) -> list[tuple[int, int]]:
     """Batch ranges whose column buffer fits the chunk budget (at least one image each)."""
     per_image = geom.out_h * geom.out_w * geom.taps * geom.in_channels * element_size
-    step = max(1, _CHUNK_BYTES // max(per_image, 1))
+    budget = _CHUNK_BYTES if device.type == "cpu" else _CHUNK_BYTES_GPU
+    # small maps: enough images that the matrix products have a few hundred columns
+    step = max(1, budget // max(per_image, 1), -(-_MIN_CHUNK_COLUMNS // (geom.out_h * geom.out_w)))
     return [(s, min(s + step, geom.batch)) for s in range(0, geom.batch, step)]
 
 
@@ -468,21 +473,15 @@ def _buffers(geom: _Geometry, dtype, device, chunk_images: int) -> tuple[Tensor,
 
 
 def _weight_product(cols: Tensor, w: Tensor, geom: _Geometry, out: Tensor) -> None:
-    """``out[b, C_out, Ho, Wo] = weight ⊛ cols`` for the columns ``[b·Ho·Wo, G'·kh·kw·C/G']``."""
+    """``out[b, C_out, Ho, Wo] = weight ⊛ cols`` for the columns ``[b·Ho·Wo, G'·kh·kw·C/G']``: one
+    matrix product per group over all the chunk's images (the weight is read once)."""
     b, L = out.shape[0], geom.out_h * geom.out_w
     R = w.shape[-1]
-    direct = out.dtype == cols.dtype
-    if geom.groups == 1:
-        target = out.view(b, -1, L) if direct else None
-        res = torch.bmm(w.expand(b, -1, -1), cols.view(b, L, R).transpose(1, 2), **_out(target))
-        # res: (b, C_out, Ho·Wo)
-    else:
-        target = out.view(geom.groups, -1, L) if direct and b == 1 else None
-        colsg = cols.view(b * L, geom.groups, R).permute(1, 2, 0)  # (groups, R, b·L)
-        res = torch.bmm(w, colsg, **_out(target))  # (groups, C_out/groups, b·L)
-        res = res.view(geom.out_channels, b, L).transpose(0, 1)  # (b, C_out, Ho·Wo)
+    target = out.view(geom.groups, -1, L) if out.dtype == cols.dtype and b == 1 else None
+    colsg = cols.view(b * L, geom.groups, R).permute(1, 2, 0)  # (groups, R, b·L)
+    res = torch.bmm(w, colsg, **_out(target))  # (groups, C_out/groups, b·L)
     if target is None:
-        out.view(b, -1, L).copy_(res)
+        out.view(b, -1, L).copy_(res.view(geom.out_channels, b, L).transpose(0, 1))
 
 
 def _out(target: Tensor | None) -> dict:
@@ -494,9 +493,9 @@ class _DeformConv2dFunction(torch.autograd.Function):
     def forward(ctx, input, offset, mask, weight, bias, geom: _Geometry, kind: str):
         dtype = _compute_dtype(input.dtype, kind)
         out = input.new_empty((geom.batch, geom.out_channels, geom.out_h, geom.out_w))
-        chunks = _chunks(geom, torch.finfo(dtype).bits // 8)
+        chunks = _chunks(geom, torch.finfo(dtype).bits // 8, input.device)
+        w = _grouped_weight(weight, geom, dtype)  # (groups, C_out/groups, R), kept for the backward
         if chunks:
-            w = _grouped_weight(weight, geom, dtype)  # (groups, C_out/groups, R)
             X_buffer, cols_buffer = _buffers(geom, dtype, input.device, chunks[0][1])
             for s, e in chunks:
                 chunk = _Chunk(input, offset, mask, s, e, geom, dtype, kind, X_buffer)
@@ -504,14 +503,14 @@ class _DeformConv2dFunction(torch.autograd.Function):
                 _weight_product(cols, w, geom, out[s:e])
             if bias is not None:
                 out += bias.view(1, -1, 1, 1)
-        ctx.geom, ctx.kind = geom, kind
-        ctx.save_for_backward(input, offset, mask, weight)
+        ctx.geom, ctx.kind, ctx.weight_dtype = geom, kind, weight.dtype
+        ctx.save_for_backward(input, offset, mask, w)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        input, offset, mask, weight = ctx.saved_tensors
+        input, offset, mask, w = ctx.saved_tensors  # w: the grouped weight (groups, C_out/groups, R)
         geom, kind = ctx.geom, ctx.kind
         need_input, need_offset, need_mask, need_weight, need_bias = ctx.needs_input_grad[:5]
         dtype = _compute_dtype(input.dtype, kind)
@@ -520,9 +519,8 @@ class _DeformConv2dFunction(torch.autograd.Function):
         grad_input = torch.zeros_like(input, memory_format=torch.contiguous_format) if need_input else None
         grad_offset = torch.zeros_like(offset, memory_format=torch.contiguous_format) if need_offset else None
         grad_mask = torch.zeros_like(mask, memory_format=torch.contiguous_format) if need_mask else None
-        w = _grouped_weight(weight, geom, dtype)  # (groups, C_out/groups, R)
-        grad_w = torch.zeros_like(w) if need_weight else None
-        chunks = _chunks(geom, torch.finfo(dtype).bits // 8)
+        grad_w = None  # (groups, C_out/groups, R), summed over the chunks
+        chunks = _chunks(geom, torch.finfo(dtype).bits // 8, input.device)
         if chunks and (need_input or need_offset or need_mask or need_weight):
             # one column buffer: the columns, used up by the weight gradient, then their gradient
             X_buffer, cols_buffer = _buffers(geom, dtype, input.device, chunks[0][1])
@@ -536,7 +534,10 @@ class _DeformConv2dFunction(torch.autograd.Function):
                 go = go.reshape(groups, -1, b * L)  # (groups, C_out/groups, b·Ho·Wo)
                 if need_weight:
                     cols = chunk.sample(cols_buffer[:chunk.n]).view(b * L, groups, -1)
-                    grad_w.baddbmm_(go, cols.transpose(0, 1))  # += (groups, C_out/groups, R)
+                    if grad_w is None:
+                        grad_w = torch.bmm(go, cols.transpose(0, 1))  # (groups, C_out/groups, R)
+                    else:
+                        grad_w.baddbmm_(go, cols.transpose(0, 1))
                 grad_cols = cols_buffer[:chunk.n]
                 if groups == 1:
                     torch.mm(go[0].t(), w[0], out=grad_cols.view(b * L, -1))
@@ -551,7 +552,9 @@ class _DeformConv2dFunction(torch.autograd.Function):
                     chunk.coordinate_grads(chunk.corner_dots(grad_cols),
                                            None if grad_offset is None else grad_offset[s:e],
                                            None if grad_mask is None else grad_mask[s:e])
-        grad_weight = _ungroup_weight(grad_w, geom).to(weight.dtype) if need_weight else None
+        if need_weight and grad_w is None:  # empty batch
+            grad_w = torch.zeros_like(w)
+        grad_weight = _ungroup_weight(grad_w, geom).to(ctx.weight_dtype) if need_weight else None
         grad_bias = grad_out.sum((0, 2, 3)) if need_bias else None
         return grad_input, grad_offset, grad_mask, grad_weight, grad_bias, None, None
 

@@ -9,6 +9,7 @@ that vislab's output and all five gradients agree with torchvision's. Rows are t
     python benchmarks/deform_conv.py                         # the full grid (several minutes)
     python benchmarks/deform_conv.py --device cuda           # the same on a GPU
     python benchmarks/deform_conv.py --json out.json         # also keep the raw numbers
+    python benchmarks/deform_conv.py --only "N=8 C=64 56×56 mask"   # the shapes whose label contains it
 
 Peak memory on CPU is read from the profiler's allocation events (tensors allocated by PyTorch;
 library-internal buffers such as MKL's are not seen), on CUDA from ``max_memory_allocated``.
@@ -237,6 +238,8 @@ def main(argv=None) -> None:
                         help="calls slower than this many seconds are timed once")
     parser.add_argument("--tv-max-seconds", type=float, default=60.0,
                         help="skip torchvision (CPU) where one forward+backward would take longer")
+    parser.add_argument("--only", action="append", default=[],
+                        help="run only the shapes whose label contains this text (repeatable), e.g. 'N=8 C=64 '")
     parser.add_argument("--json", help="write machine info and rows to this JSON file")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -245,7 +248,10 @@ def main(argv=None) -> None:
     info = machine_info(args.device)
     print("machine:", json.dumps(info), flush=True)
     rows = []
-    for shape in grid(args.quick):
+    shapes = [s for s in grid(args.quick) if not args.only or any(text in s.label() for text in args.only)]
+    if not shapes:
+        parser.error(f"--only {args.only}: no shape of the grid matches")
+    for shape in shapes:
         row = run_shape(shape, args.device, args)
         rows.append(row)
         print(markdown([row]).splitlines()[-1], flush=True)

@@ -332,8 +332,8 @@ class _Chunk:
     - :meth:`corner_dots`: ``[n, 4]``, ``<grad_cols[r], X[corner_k(r)]>``, from which the offset and
       mask gradients follow.
 
-    ``kind="sparse"`` uses ``torch.sparse`` CSR products, one fused multi-threaded pass each (CPU,
-    float32/float64); ``kind="gather"`` uses ``index_select``/``index_add_`` (any device and dtype).
+    ``kind="sparse"`` uses ``torch.sparse`` products, one fused pass each (CPU, float32/float64);
+    ``kind="gather"`` uses ``index_select``/``index_add_`` (any device and dtype).
     """
 
     def __init__(self, input, offset, mask, s, e, geom: _Geometry, dtype, kind: str, X_buffer):
@@ -541,8 +541,9 @@ class _DeformConv2dFunction(torch.autograd.Function):
                 grad_cols = cols_buffer[:chunk.n]
                 if groups == 1:
                     torch.mm(go[0].t(), w[0], out=grad_cols.view(b * L, -1))
-                else:
-                    grad_cols.view(b * L, groups, -1).copy_(torch.bmm(go.transpose(1, 2), w).transpose(0, 1))
+                else:  # group by group: a temporary of 1/groups of the columns, not a second buffer
+                    for j, strided in enumerate(grad_cols.view(b * L, groups, -1).unbind(1)):
+                        strided.copy_(torch.mm(go[j].t(), w[j]))
                 # grad_cols: (b·Ho·Wo·G'·kh·kw, C/G')
                 if need_input:
                     gX = chunk.sample_t(grad_cols, gX_buffer[:chunk.num_pixels], point_ids)

@@ -202,10 +202,14 @@ def machine_info(device: str) -> dict:
     info = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cpu": cpu,
             "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "vislab": vislab.__version__,
-            "python": platform.python_version(), "load_average": os.getloadavg()}
+            "python": platform.python_version(), "load_average": _load()}
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def _load() -> tuple[float, ...]:
+    return tuple(round(v, 2) for v in os.getloadavg())
 
 
 def _fmt(v, digits=1):
@@ -255,7 +259,7 @@ def main(argv=None) -> None:
         row = run_shape(shape, args.device, args)
         rows.append(row)
         print(markdown([row]).splitlines()[-1], flush=True)
-    info["load_average_end"] = os.getloadavg()
+    info["load_average_end"] = _load()
     print()
     print(f"{info['date']}, {info['cpu']} ({info['cores']} cores, {info['torch_threads']} torch threads), "
           f"torch {info['torch']}, torchvision {info['torchvision']}, load average {info['load_average']} → "

@@ -51,7 +51,7 @@ class FolderClassifierConfig(CommonConfig):
     pretrained_lr: float = 5e-4  # learning rate of the fine-tuned variant
     pretrained_epochs: int | None = 5  # maximum epochs of the fine-tuned variant (None: same as epochs)
     cam_layer_small: str | None = None  # Grad-CAM layer of the small CNN (default: last conv)
-    cam_layer_pretrained: str | None = "features.blocks.5"  # Grad-CAM layer of the backbone
+    cam_layer_pretrained: str | None = "features.blocks.4"  # Grad-CAM layer of the backbone (stride 16)
     cam_images: int = 12  # test images shown with Grad-CAM overlays
     per_class: int = 150  # embedded data: generated images per class
     augment: bool = True  # SPEC §1 augmentations on the training split

@@ -195,8 +195,11 @@ class FolderClassifier(Experiment):
             "weights": getattr(getattr(model, "info", None), "pretrained_source", None),
             "cam_layer": gc.layer_name, "best_checkpoint": stage.best_checkpoint,
         }
-        cam_view = {"cams": cam_t[:cfg.cam_images], "pred": pred[:cfg.cam_images], "mean": mean, "std": std,
-                    "images": torch.stack([test_ds[i][0] for i in range(min(cfg.cam_images, len(test_ds)))])}
+        # test images for the figure: evenly spread over the (class-sorted) test split, so every class shows
+        n_show = min(cfg.cam_images, len(test_ds))
+        show = np.unique(np.linspace(0, len(test_ds) - 1, n_show).round().astype(int)).tolist()
+        cam_view = {"index": show, "cams": cam_t[show], "pred": pred[show], "mean": mean, "std": std,
+                    "images": torch.stack([test_ds[i][0] for i in show])}
         return {"summary": summary, "evals": evals}, cam_view
 
     # ------------------------------------------------------------------------------------------
@@ -260,7 +263,7 @@ class FolderClassifier(Experiment):
             for i in range(len(cv["images"])):
                 img = denormalize(cv["images"][i], cv["mean"], cv["std"]).permute(1, 2, 0).numpy()
                 imgs.append(overlay(img, cv["cams"][i]))
-                t, p = items["test"][i][1], int(cv["pred"][i])
+                t, p = items["test"][cv["index"][i]][1], int(cv["pred"][i])
                 titles.append(f"{classes[t]} → {classes[p]}")
                 colors.append("black" if t == p else "red")
             path = figures.image_grid(imgs, run.figure(f"gradcam_{v}.png"), titles=titles, title_colors=colors,

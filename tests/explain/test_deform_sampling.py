@@ -103,3 +103,14 @@ def test_errors(kwargs, error, match):
     args = {**dict(model=_two_layers(), image=torch.randn(1, 16, 16), points=[(3.0, 3.0)]), **kwargs}
     with pytest.raises(error, match=match):
         deform_sampling_locations(args.pop("model"), args.pop("image"), args.pop("points"), **args)
+
+
+def test_too_many_chained_layers_is_refused_before_any_work():
+    # 7 layers of 3×3: 9^7 = 4.8 million points per pixel (11 layers, as in deform-all, would exhaust memory)
+    net = nn.Sequential(*[DeformableConv2d(2, 2, 3, padding=1) for _ in range(7)])
+    with pytest.raises(ValueError, match=r"following 7 deformable layers gives 4,782,969 sampling points per chosen "
+                                         r"pixel .* pass fewer layers"):
+        deform_sampling_locations(net, torch.randn(2, 8, 8), [(3.0, 3.0)], layers=[str(i) for i in range(7)])
+    # four layers for two pixels (13,122 points) are fine
+    s = deform_sampling_locations(net, torch.randn(2, 8, 8), [(3.0, 3.0), (5.0, 5.0)], layers=["0", "1", "2", "3"])
+    assert s.levels[-1].shape == (2, 9**4, 2)

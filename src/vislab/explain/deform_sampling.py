@@ -24,6 +24,10 @@ from vislab.layers.deform_conv import DeformableConv2d
 
 __all__ = ["DeformSampling", "deform_sampling_locations", "plot_deform_sampling"]
 
+# Points followed grow as K^L (9, 81, 729, 6561, ... for 3×3 kernels): refuse chains beyond this many
+# points in all (6561 per pixel for 4 layers of 3×3 is still fine for a few pixels; 11 layers would be 3·10^10).
+MAX_POINTS = 200_000
+
 
 @dataclass
 class DeformSampling:
@@ -102,6 +106,14 @@ def deform_sampling_locations(model: nn.Module, image: Tensor, points: Sequence[
         raise ValueError(f"points must be (x, y) positions inside the {W_img}×{H_img} image, got {pts.tolist()}")
     names = [""] if isinstance(model, DeformableConv2d) else _choose_layers(model, layers)  # bottom first
     modules = dict(model.named_modules())
+    per_pixel = 1
+    for n in names:
+        kh, kw = modules[n].kernel_size
+        per_pixel *= kh * kw
+    if per_pixel * len(pts) > MAX_POINTS:
+        raise ValueError(f"following {len(names)} deformable layers gives {per_pixel:,} sampling points per chosen "
+                         f"pixel ({per_pixel * len(pts):,} for {len(pts)} pixels), more than {MAX_POINTS:,}; pass "
+                         f"fewer layers (layers=[...], e.g. the first two or three) or fewer points")
 
     captured: dict[str, tuple[Tensor, Tensor | None, tuple[int, int]]] = {}
 

@@ -213,3 +213,44 @@ def test_attention_macs_and_timm_models_equal_flop_counter():
             model.to("meta").eval()(torch.zeros(1, *shape, device="meta"))
         assert 2 * a.totals["macs"] == counter.get_total_flops()
         assert a.totals["params"] == sum(p.numel() for p in model.parameters())
+
+
+def test_deformable_layers_are_traced_with_nominal_geometry_and_sampling_macs():
+    from vislab.layers import DeformableConv2d, convert_to_deformable
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1),
+                        nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+    regular = trace_module(net, (3, 20, 20))
+    convert_to_deformable(net, ["2", "4"])
+    assert isinstance(net[2], DeformableConv2d) and isinstance(net[4], DeformableConv2d)
+    a = trace_module(net, (3, 20, 20))
+    rows = {r["name"]: r for r in a.rows}
+    reg = {r["name"]: r for r in regular.rows}
+    # the deformable layer: same shape and nominal receptive field as the conv it replaced
+    for name in ("2", "4"):
+        assert rows[name]["type"] == "DeformableConv2d"
+        assert rows[name]["output_shape"] == reg[name]["output_shape"]
+        assert rows[name]["rf"] == reg[name]["rf"]
+        assert rows[name]["params"] == reg[name]["params"]  # its own weight and bias; the predictor has its row
+    # MACs: the convolution plus bilinear sampling (4 per sampled value) and the mask (1 more)
+    assert rows["2"]["macs"] == reg["2"]["macs"] + 8 * 9 * 10 * 10 * 5
+    assert rows["4"]["macs"] == reg["4"]["macs"] + 16 * 9 * 10 * 10 * 5
+    # the offset/mask predictor: a Conv2d row with 27 output channels, counted like any conv
+    off = rows["2.offset_conv"]
+    assert off["output_shape"] == [27, 10, 10] and off["params"] == 8 * 27 * 9 + 27
+    assert off["macs"] == 8 * 27 * 9 * 10 * 10
+    assert a.totals["params"] == sum(p.numel() for p in net.parameters())
+    assert any("deformable layers: nominal receptive field" in n for n in a.notes)
+    # the trace leaves the layers as they were: the real forward still runs afterwards
+    out = net(torch.randn(1, 3, 20, 20))
+    assert out.shape == (1, 16, 10, 10) and "forward" not in vars(net[2])
+
+
+def test_deformable_layers_trace_on_the_meta_device():
+    from vislab.layers import convert_to_deformable
+
+    model = load_model("encoder_cnn", {"in_channels": 1, "num_classes": 10})
+    convert_to_deformable(model)
+    a = trace_module(model, (1, 64, 64))
+    assert sum(r["type"] == "DeformableConv2d" for r in a.rows) == 11
+    assert a.totals["params"] == sum(p.numel() for p in model.parameters())

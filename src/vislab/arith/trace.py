@@ -14,6 +14,11 @@ How it works:
   longest path wins where the branches are centred alike, and the union is still right where not.
 * Functional ops run directly in a container's ``forward`` (a residual ``add``, a ``cat``, a
   ``flatten``) get a row of their own named ``<module>.<op>``.
+* Deformable convolutions (:mod:`vislab.layers`) are traced by their geometry: the bilinear
+  sampling is replaced, for the trace only, by the regular convolution of the same shape, so a
+  ``DeformableConv2d`` row has the nominal receptive field (zero offsets; learned offsets move it)
+  and MACs of the convolution plus the sampling (4 per sampled value for the bilinear weights, 1
+  more for the v2 mask); its offset/mask predictor is a row of its own (``<layer>.offset_conv``).
 * An op the tracer does not know (attention over tokens, a permute that moves the spatial axes)
   makes the receptive field unknown (``None``) from there on and adds a note; a known global
   reduction (global pooling, flatten + dense, a mean over H and W) makes it ``"global"``.
@@ -128,6 +133,8 @@ class _Frame:
     input_shape: list[int] | None
     macs: int = 0
     op_counts: dict[str, int] = field(default_factory=dict)
+    deformable: bool = False  # a vislab deformable layer: a row of its own although it has children
+    sampling_macs: int = 0  # its bilinear sampling (+ mask), added to its row
 
 
 class _Tracer(TorchFunctionMode):
@@ -175,7 +182,7 @@ class _Tracer(TorchFunctionMode):
         frame = self.stack[-1] if self.stack else None
         structural = name in _STRUCTURAL or len({id(t) for t in inputs}) > 1 or (
             name == "__getitem__" and geom is not self.geom(inputs[0]))
-        if frame is not None and frame.leaf:
+        if frame is not None and (frame.leaf or frame.deformable):
             frame.macs += macs
         elif structural or macs:
             self.op_row(frame, name, inputs[0], outs[0], macs)
@@ -195,15 +202,24 @@ class _Tracer(TorchFunctionMode):
     def pre_hook(self, name: str, module: nn.Module, args: tuple) -> None:
         first = next(_tensors(args), None)
         leaf = next(iter(module.children()), None) is None
-        self.stack.append(_Frame(name, module, leaf, _shape(first) if first is not None else None))
+        frame = _Frame(name, module, leaf, _shape(first) if first is not None else None)
+        if _is_deformable(module) and first is not None and first.dim() == 4:
+            frame.deformable = True
+            kh, kw = module.kernel_size
+            mask = getattr(module, "modulated", False) or (len(args) > 2 and args[2] is not None)
+            ho, wo = (fm.conv_output_size(n, k, st, (p, p), d) for n, k, st, p, d in
+                      zip(first.shape[2:], module.kernel_size, module.stride, module.padding, module.dilation))
+            frame.sampling_macs = first.shape[1] * kh * kw * ho * wo * (4 + int(mask))
+        self.stack.append(frame)
 
     def post_hook(self, name: str, module: nn.Module, output) -> None:
         frame = self.stack.pop()
         y = next(_tensors(output), None)
         g = self.geom(y) if y is not None and self.tracked(y) else None
         self.module_outputs[name] = g
-        if not frame.leaf:
+        if not (frame.leaf or frame.deformable):
             return
+        frame.macs += frame.sampling_macs
         params = params_no_bias = 0
         for pname, p in module.named_parameters(recurse=False):
             if id(p) in self.seen_params:
@@ -544,6 +560,31 @@ class FormulaMismatch(AssertionError):
     """A vislab formula disagrees with what PyTorch computed: a bug in vislab, never bad input."""
 
 
+def _is_deformable(module: nn.Module) -> bool:
+    from vislab.layers.deform_conv import DeformableConv2d, DeformConv2d
+
+    return isinstance(module, (DeformableConv2d, DeformConv2d))
+
+
+def _nominal_forward(module: nn.Module):
+    """The forward a deformable layer gets during a trace: the regular convolution of the same
+    geometry (same output shape) after computing the offsets as usual."""
+    import torch.nn.functional as F
+
+    def conv(input: Tensor) -> Tensor:
+        return F.conv2d(input, module.weight, module.bias, module.stride, module.padding, module.dilation,
+                        module.groups)
+
+    if hasattr(module, "offset_and_mask"):
+        def forward(input: Tensor) -> Tensor:
+            module.offset_and_mask(input)
+            return conv(input)
+    else:
+        def forward(input: Tensor, offset: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+            return conv(input)
+    return forward
+
+
 def _check(op: str, expected: tuple[int, int], y: Tensor) -> None:
     if tuple(y.shape[-2:]) != tuple(expected):
         raise FormulaMismatch(f"vislab.arith formula for {op} gives {expected} but the module produced "
@@ -573,6 +614,12 @@ def trace_module(model: nn.Module, input_shape: str | tuple[int, ...]) -> Analys
     for name, module in model.named_modules():
         handles.append(module.register_forward_pre_hook(lambda m, a, n=name: tracer.pre_hook(n, m, a)))
         handles.append(module.register_forward_hook(lambda m, a, o, n=name: tracer.post_hook(n, m, o)))
+    deformable = [m for m in model.modules() if _is_deformable(m)]
+    for m in deformable:
+        m.forward = _nominal_forward(m)
+    if deformable:
+        tracer.note("deformable layers: nominal receptive field (zero offsets; learned offsets move it); MACs "
+                    "include the bilinear sampling (4 per sampled value, +1 with a mask)")
     model.eval()
     try:
         with torch.no_grad(), geo.deep_recursion(), tracer:
@@ -587,6 +634,8 @@ def trace_module(model: nn.Module, input_shape: str | tuple[int, ...]) -> Analys
     finally:
         for h in handles:
             h.remove()
+        for m in deformable:
+            del m.forward
         for m, training in modes.items():
             m.training = training
 

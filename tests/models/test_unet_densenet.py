@@ -12,14 +12,6 @@ from vislab.models.densenet import DenseNet
 from vislab.models.unet import UNet
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_registered():
     assert {"unet", "densenet", "densenet_cifar"} <= set(list_models())
 

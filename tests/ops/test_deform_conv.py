@@ -18,6 +18,7 @@ from vislab.ops import deform_conv2d, deform_conv2d_gather, deform_conv2d_output
 IMPLEMENTATIONS = {
     "fast-sparse": lambda *a, **k: dc._deform_conv2d_with("sparse", *a, **k),
     "fast-gather": lambda *a, **k: dc._deform_conv2d_with("gather", *a, **k),
+    "fast-grid": lambda *a, **k: dc._deform_conv2d_with("grid", *a, **k),
     "standard-ops": deform_conv2d_gather,
 }
 
@@ -281,7 +282,7 @@ def test_non_contiguous_inputs(impl):
         _assert_rel_close(a, e, 1e-5, name)
 
 
-@pytest.mark.parametrize("impl", ["fast-sparse", "fast-gather"])
+@pytest.mark.parametrize("impl", ["fast-sparse", "fast-gather", "fast-grid"])
 def test_only_some_inputs_require_grad(impl):
     (x, offset, weight, bias, mask), kw = _case("3x3-basic")
     full = _forward_backward(IMPLEMENTATIONS[impl], x, offset, weight, bias, mask, **kw)
@@ -314,8 +315,13 @@ def test_output_size_matches_nn_conv2d():
         assert deform_conv2d_output_size((13, 11), kernel, stride, padding, dilation) == tuple(expected)
 
 
-def test_default_sampler_on_cpu_is_sparse():
+def test_default_sampler_on_cpu_is_sparse_and_grid_for_few_channels():
     assert dc._default_kind(torch.zeros(1)) == "sparse"
+    (x, offset, weight, bias, mask), kw = _case("3x3-basic")
+    geom = dc._check(x, offset, weight, bias, mask=mask, **kw)
+    assert geom.in_channels > dc._GRID_MAX_CHANNELS and dc._default_kind(x, geom) == "sparse"
+    gray = dc._check(x[:, :1], offset, weight[:, :1], bias, mask=mask, **kw)  # one channel: grid_sample
+    assert dc._default_kind(x, gray) == "grid"
 
 
 # ---- argument checks --------------------------------------------------------------------------

@@ -33,6 +33,7 @@ class CommonConfig:
     lr_patience: int = 2  # ReduceLROnPlateau: epochs without improvement before lr *= lr_factor
     lr_factor: float = 0.5  # ReduceLROnPlateau factor
     weight_decay: float = 1e-4  # AdamW weight decay
+    precise_bn: int = 0  # recompute BatchNorm statistics over this many training batches before validation (0 = off)
 
 
 def config_fields(cfg_cls: type) -> dict[str, dataclasses.Field]:

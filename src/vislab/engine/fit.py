@@ -2,7 +2,8 @@
 
 ``fit_stage`` is the one call experiments make. It builds a Trainer with early stopping,
 ReduceLROnPlateau (in the module), best + last checkpoints in ``checkpoints/VARIANT[-STAGE]/``, one
-``metrics.csv`` row per epoch and a progress bar; resumes from ``last.ckpt`` under ``--resume``; and
+``metrics.csv`` row per epoch, precise BatchNorm statistics when ``cfg.precise_bn`` asks, and a
+progress bar; resumes from ``last.ckpt`` under ``--resume``; and
 skips a stage that already finished (loading its best weights), so an interrupted multi-variant run
 continues where it stopped.
 """
@@ -19,7 +20,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-from vislab.engine.callbacks import EpochRecorder, KillAfterEpochs
+from vislab.engine.callbacks import EpochRecorder, KillAfterEpochs, PreciseBatchNorm
 from vislab.engine.context import RunContext
 from vislab.engine.module import TaskModule
 
@@ -107,6 +108,8 @@ def fit_stage(ctx: RunContext, module: TaskModule, train_loader: Any, val_loader
     callbacks: list[L.Callback] = [recorder, checkpoint,
                                    EarlyStopping(monitor=module.monitor, mode="min",
                                                  patience=int(patience if patience is not None else cfg.patience))]
+    if getattr(cfg, "precise_bn", 0):
+        callbacks.insert(0, PreciseBatchNorm(cfg.precise_bn))
     kill_after = os.environ.get("VISLAB_KILL_AFTER_EPOCHS")
     if kill_after:
         callbacks.append(KillAfterEpochs(int(kill_after)))

@@ -50,8 +50,12 @@ class FolderClassifierConfig(CommonConfig):
     weights: str | None = None  # weights file for backbones without packaged weights
     pretrained_lr: float = 5e-4  # learning rate of the fine-tuned variant
     pretrained_epochs: int | None = 5  # maximum epochs of the fine-tuned variant (None: same as epochs)
-    cam_layer_small: str | None = None  # Grad-CAM layer of the small CNN (default: last conv)
-    cam_layer_pretrained: str | None = "features.blocks.4"  # Grad-CAM layer of the backbone (stride 16)
+    cam_layer_small: str | None = "auto"  # Grad-CAM layer of the small CNN (auto: see cam_candidates; None: last conv)
+    cam_layer_pretrained: str | None = "auto"  # Grad-CAM layer of the backbone (auto: see cam_candidates)
+    # "auto" picks, among these layers, the one with the best pointing game on the validation split (needs
+    # object boxes; without them: the last conv of the small CNN, features.blocks.4 of the backbone)
+    cam_candidates: tuple[str, ...] = ("features.blocks.3", "features.blocks.4", "features.blocks.5",
+                                       "features.conv_head", "features.0", "features.4", "features.8")
     cam_images: int = 12  # test images shown with Grad-CAM overlays
     per_class: int = 150  # embedded data: generated images per class
     augment: bool = True  # SPEC §1 augmentations on the training split
@@ -144,8 +148,10 @@ class FolderClassifier(Experiment):
                                  num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
                    for k in ds}
         lr = cfg.pretrained_lr if variant == "pretrained" else cfg.lr
+        # the checkpoint's Grad-CAM layer: the default until "auto" has chosen one (written in after training)
         meta = {"task": "classification", "model": spec, "class_names": classes, "image_size": cfg.image_size,
-                "mean": list(mean), "std": list(std), "cam_layer": cam_layer, "variant": variant}
+                "mean": list(mean), "std": list(std), "variant": variant,
+                "cam_layer": _default_cam_layer(variant) if cam_layer == "auto" else cam_layer}
         module = ClassificationModule(model, lr=lr, weight_decay=cfg.weight_decay, lr_patience=cfg.lr_patience,
                                       lr_factor=cfg.lr_factor, meta=meta,
                                       augment=RandomAffineBatch() if cfg.augment else None)
@@ -163,29 +169,17 @@ class FolderClassifier(Experiment):
         best_row = _row_at(ctx.run.read_metrics(), variant, "train", stage.best_epoch)
         train = {"loss": best_row.get("train_loss"), "accuracy": best_row.get("train_accuracy")}
 
-        # Grad-CAM on the whole test split (batched); pointing game over correct predictions with boxes
+        # Grad-CAM layer: chosen on the validation split (pointing game), then used on the test split
+        cam_layer, cam_choice = self._choose_cam_layer(ctx, model, cam_layer, variant, ds["val"], items["val"], boxes)
+        if cam_choice["how"] != "given" and ctx.is_main:
+            _set_checkpoint_cam_layer(stage.best_checkpoint, cam_layer)
         gc = GradCAM(model, cam_layer)
         test_ds = ds["test"]
-        all_cams, all_logits = [], []
-        for xb, _ in DataLoader(test_ds, batch_size=32):
-            c, lg = gc(xb)
-            all_cams.append(c)
-            all_logits.append(lg)
-        cam_t = torch.cat(all_cams)
-        pred = torch.cat(all_logits).argmax(1)
-        pg_hits = []
-        if boxes:
-            bw, bh = boxes.get("_image_size", [cfg.image_size, cfg.image_size])
-            sx, sy = cfg.image_size / bw, cfg.image_size / bh
-            for i, (rel, y) in enumerate(items["test"]):
-                if rel in boxes and int(pred[i]) == y:
-                    x0, y0, x1, y1 = boxes[rel]
-                    pg_hits.append(pointing_game(cam_t[i:i + 1], [(x0 * sx, y0 * sy, x1 * sx, y1 * sy)])[0])
-        pointing = float(np.mean(pg_hits)) if pg_hits else None
+        cam_t, pred, pointing, n_pg = _cams_and_pointing(gc, test_ds, items["test"], boxes, cfg.image_size)
         test = {k: evals["test"][k] for k in ("loss", "accuracy", "precision", "recall", "f1")}
         if pointing is not None:
             test["pointing_game"] = pointing
-            test["pointing_game_n"] = len(pg_hits)
+            test["pointing_game_n"] = n_pg
         summary = {
             "params": int(params), "epochs": stage.epochs, "best_epoch": stage.best_epoch,
             "train": train,
@@ -193,7 +187,7 @@ class FolderClassifier(Experiment):
             "test": test, "time": stage.time,
             "model": spec["name"], "pretrained": (variant == "pretrained" and cfg.pretrained),
             "weights": getattr(getattr(model, "info", None), "pretrained_source", None),
-            "cam_layer": gc.layer_name, "best_checkpoint": stage.best_checkpoint,
+            "cam_layer": gc.layer_name, "cam_layer_choice": cam_choice, "best_checkpoint": stage.best_checkpoint,
         }
         # test images for the figure: evenly spread over the (class-sorted) test split, so every class shows
         n_show = min(cfg.cam_images, len(test_ds))
@@ -201,6 +195,33 @@ class FolderClassifier(Experiment):
         cam_view = {"index": show, "cams": cam_t[show], "pred": pred[show], "mean": mean, "std": std,
                     "images": torch.stack([test_ds[i][0] for i in show])}
         return {"summary": summary, "evals": evals}, cam_view
+
+    def _choose_cam_layer(self, ctx: RunContext, model: torch.nn.Module, requested: str | None, variant: str,
+                          val_ds: Any, val_items: list, boxes: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+        """The Grad-CAM layer: ``requested`` unless it is "auto"; then the candidate with the best pointing
+        game on the validation split (ties: the deeper layer first in the candidate list order)."""
+        cfg: FolderClassifierConfig = ctx.cfg
+        if requested != "auto":
+            return requested, {"how": "given"}
+        fallback = _default_cam_layer(variant)
+        names = dict(model.named_modules())
+        candidates = [c for c in cfg.cam_candidates if c in names]
+        if not boxes or not candidates:
+            why = "no object boxes" if not boxes else "no candidate layer in this model"
+            ctx.log(f"[{variant}] Grad-CAM layer: {fallback or 'last conv'} ({why} to choose by the pointing game)")
+            return fallback, {"how": f"default ({why})"}
+        scores = {}
+        for name in candidates:
+            _, _, score, n = _cams_and_pointing(GradCAM(model, name), val_ds, val_items, boxes, cfg.image_size)
+            if score is not None:
+                scores[name] = (score, n)
+        if not scores:
+            return fallback, {"how": "default (no correct validation prediction with a box)"}
+        best = max(scores, key=lambda k: scores[k][0])
+        ctx.log(f"[{variant}] Grad-CAM layer {best}: pointing game on validation " + ", ".join(
+            f"{k} {v[0]:.1%}" for k, v in scores.items()))
+        return best, {"how": "best validation pointing game", "validation": {k: v[0] for k, v in scores.items()},
+                      "validation_n": {k: v[1] for k, v in scores.items()}}
 
     # ------------------------------------------------------------------------------------------
     def _report(self, ctx: RunContext, summary: dict[str, Any], results: dict[str, Any], cams: dict[str, Any],
@@ -258,6 +279,16 @@ class FolderClassifier(Experiment):
         rep.text("Grad-CAM heat maps of the predicted class on test images (our implementation, checked against "
                  "pytorch-grad-cam in the tests). Title: true → predicted (red when wrong). The pointing game "
                  "counts a hit when the map's peak lies inside the object's box (correct predictions only).")
+        choice_rows = []
+        for v, r in summary["runs"].items():
+            ch = r.get("cam_layer_choice", {})
+            val = ch.get("validation", {})
+            scores = ", ".join(f"`{k}` {x:.1%} (n={ch['validation_n'][k]})" for k, x in val.items()) or "—"
+            test_pg = r["test"].get("pointing_game")
+            choice_rows.append([v, f"`{r['cam_layer']}`", ch.get("how", "—"), scores,
+                                "—" if test_pg is None else f"{test_pg:.1%}"])
+        rep.table(["variant", "layer", "chosen by", "validation pointing game per candidate", "test pointing game"],
+                  choice_rows, caption="The layer is chosen on the validation split; the test split only reports it.")
         for v, cv in cams.items():
             imgs, titles, colors = [], [], []
             for i in range(len(cv["images"])):
@@ -275,6 +306,46 @@ class FolderClassifier(Experiment):
         rep.text(f"Seed {cfg.seed}; device {env.get('device')}; torch {env.get('torch')}; "
                  f"git {env.get('git_commit')}. Config: `config.yaml`; per-epoch metrics: `metrics.csv`.")
         rep.write(run.path)
+
+
+def _default_cam_layer(variant: str) -> str | None:
+    return None if variant == "small_cnn" else "features.blocks.4"  # small CNN: its last conv
+
+
+def _set_checkpoint_cam_layer(path: str | Path, layer: str | None) -> None:
+    """Record the chosen Grad-CAM layer in a checkpoint's metadata (atomically), for `vislab gradcam`."""
+    import io
+
+    from vislab.engine.run_dir import atomic_write_bytes
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if ckpt.get("vislab", {}).get("cam_layer") == layer:
+        return
+    ckpt.setdefault("vislab", {})["cam_layer"] = layer
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def _cams_and_pointing(gc: GradCAM, ds: Any, items: list, boxes: dict[str, Any],
+                       image_size: int) -> tuple[torch.Tensor, torch.Tensor, float | None, int]:
+    """Grad-CAM maps and predictions for a whole split (batched), and the pointing game over its
+    correct predictions that have an object box: ``(cams, preds, score or None, n)``."""
+    cams, logits = [], []
+    for xb, _ in DataLoader(ds, batch_size=32):
+        c, lg = gc(xb)
+        cams.append(c)
+        logits.append(lg)
+    cam_t, pred = torch.cat(cams), torch.cat(logits).argmax(1)
+    hits = []
+    if boxes:
+        bw, bh = boxes.get("_image_size", [image_size, image_size])
+        sx, sy = image_size / bw, image_size / bh
+        for i, (rel, y) in enumerate(items):
+            if rel in boxes and int(pred[i]) == y:
+                x0, y0, x1, y1 = boxes[rel]
+                hits.append(pointing_game(cam_t[i:i + 1], [(x0 * sx, y0 * sy, x1 * sx, y1 * sy)])[0])
+    return cam_t, pred, (float(np.mean(hits)) if hits else None), len(hits)
 
 
 def _row_at(rows: list[dict[str, Any]], variant: str, stage: str, epoch: int) -> dict[str, Any]:

@@ -29,7 +29,7 @@ def test_end_to_end_embedded_small(tmp_path):
     choice = run["cam_layer_choice"]
     if choice["how"] == "best validation pointing game":
         assert set(choice["validation"]) <= {"features.0", "features.4", "features.8"}
-        assert run["cam_layer"] == max(choice["validation"], key=choice["validation"].get)
+        assert choice["validation"][run["cam_layer"]] == max(choice["validation"].values())
     else:
         assert choice["how"].startswith("default") and run["cam_layer"] == "features.8"  # the last conv
     assert "validation pointing game per candidate" in (out / "report.md").read_text()

@@ -199,7 +199,7 @@ class FolderClassifier(Experiment):
     def _choose_cam_layer(self, ctx: RunContext, model: torch.nn.Module, requested: str | None, variant: str,
                           val_ds: Any, val_items: list, boxes: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
         """The Grad-CAM layer: ``requested`` unless it is "auto"; then the candidate with the best pointing
-        game on the validation split (ties: the deeper layer first in the candidate list order)."""
+        game on the validation split (a tie goes to the later, deeper candidate)."""
         cfg: FolderClassifierConfig = ctx.cfg
         if requested != "auto":
             return requested, {"how": "given"}
@@ -217,7 +217,7 @@ class FolderClassifier(Experiment):
                 scores[name] = (score, n)
         if not scores:
             return fallback, {"how": "default (no correct validation prediction with a box)"}
-        best = max(scores, key=lambda k: scores[k][0])
+        best = max(reversed(list(scores)), key=lambda k: scores[k][0])  # a tie goes to the deeper layer
         ctx.log(f"[{variant}] Grad-CAM layer {best}: pointing game on validation " + ", ".join(
             f"{k} {v[0]:.1%}" for k, v in scores.items()))
         return best, {"how": "best validation pointing game", "validation": {k: v[0] for k, v in scores.items()},

@@ -112,7 +112,8 @@ def image_grid(images: Sequence[np.ndarray], path: str | Path, *, titles: Sequen
     n = len(images)
     ncols = max(1, min(ncols, n))
     nrows = max(1, (n + ncols - 1) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(cell * ncols, cell * nrows + (0.4 if title else 0)),
+    row_h = cell + (0.25 if titles else 0.0)  # room for the per-image titles above square images
+    fig, axes = plt.subplots(nrows, ncols, figsize=(cell * ncols, row_h * nrows + (0.4 if title else 0)),
                              squeeze=False)
     for k, ax in enumerate(axes.flat):
         ax.axis("off")

@@ -50,12 +50,13 @@ class FolderClassifierConfig(CommonConfig):
     weights: str | None = None  # weights file for backbones without packaged weights
     pretrained_lr: float = 5e-4  # learning rate of the fine-tuned variant
     pretrained_epochs: int | None = 5  # maximum epochs of the fine-tuned variant (None: same as epochs)
-    cam_layer_small: str | None = "auto"  # Grad-CAM layer of the small CNN (auto: see cam_candidates; None: last conv)
-    cam_layer_pretrained: str | None = "auto"  # Grad-CAM layer of the backbone (auto: see cam_candidates)
-    # "auto" picks, among these layers, the one with the best pointing game on the validation split (needs
-    # object boxes; without them: the last conv of the small CNN, features.blocks.4 of the backbone)
-    cam_candidates: tuple[str, ...] = ("features.blocks.3", "features.blocks.4", "features.blocks.5",
-                                       "features.conv_head", "features.0", "features.4", "features.8")
+    # Grad-CAM layers. "auto" picks, among the variant's candidates (shallow to deep), the one with the best
+    # pointing game on the validation split (needs object boxes; without them: the default in brackets)
+    cam_layer_small: str | None = "auto"  # small CNN: a layer name, auto, or None (last conv) [last conv]
+    cam_layer_pretrained: str | None = "auto"  # backbone: a layer name, auto, or None [features.blocks.4]
+    cam_candidates_small: tuple[str, ...] = ("features.0", "features.4", "features.8")  # the small CNN's 3 convs
+    cam_candidates_pretrained: tuple[str, ...] = ("features.blocks.3", "features.blocks.4", "features.blocks.5",
+                                                  "features.conv_head")  # EfficientNet-Lite0 stages
     cam_images: int = 12  # test images shown with Grad-CAM overlays
     per_class: int = 150  # embedded data: generated images per class
     augment: bool = True  # SPEC §1 augmentations on the training split
@@ -205,7 +206,8 @@ class FolderClassifier(Experiment):
             return requested, {"how": "given"}
         fallback = _default_cam_layer(variant)
         names = dict(model.named_modules())
-        candidates = [c for c in cfg.cam_candidates if c in names]
+        wanted = cfg.cam_candidates_small if variant == "small_cnn" else cfg.cam_candidates_pretrained
+        candidates = [c for c in wanted if c in names]
         if not boxes or not candidates:
             why = "no object boxes" if not boxes else "no candidate layer in this model"
             ctx.log(f"[{variant}] Grad-CAM layer: {fallback or 'last conv'} ({why} to choose by the pointing game)")

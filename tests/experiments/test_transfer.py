@@ -220,11 +220,24 @@ def test_bad_class_name_is_one_clear_line(mini_cifar, tmp_path):
     ({}, {"batch_size": 2}, "batch_size must be >= 4"),
     ({}, {"split": (0.5, 0.5)}, "split must be three fractions"),
     ({}, {"margin": -0.1}, "margin must be >= 0"),
-    ({"devices": 2}, {}, "cannot shard yet; run transfer with --devices 1"),
 ])
 def test_bad_input_errors(tmp_path, opts, overrides, match):
     with pytest.raises(UserError, match=match):
         run_experiment(RunOptions(name="transfer", out=str(tmp_path / "run"), overrides=overrides, **opts))
+
+
+def test_ddp_runs_every_regime(tmp_path):
+    """--devices 2 (gloo): the P x K batch sampler shards itself over the ranks, so the triplet regimes run too."""
+    out = tmp_path / "run"
+    sets = [f"{k}={v}" for k, v in {**TINY, "limit_train": 24, "batch_size": 4}.items()]
+    res = run_cli("run", "transfer", "--out", str(out), "--devices", "2", "--accelerator", "cpu",
+                  *[a for kv in sets for a in ("--set", kv)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["runs"]) == set(VARIANTS)
+    rows = (out / "metrics.csv").read_text().strip().splitlines()
+    stages = {tuple(r.split(",")[:2]) for r in rows[1:]}
+    assert ("triplet_then_ce", "triplet") in stages and ("joint", "train") in stages
 
 
 def test_missing_cifar_files_say_how_to_get_them(tmp_path):

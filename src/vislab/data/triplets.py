@@ -91,6 +91,25 @@ class TripletDataset(Dataset):
         self._members = {int(c): np.flatnonzero(self.labels == c) for c in classes}  # class -> indices
         self._others = {int(c): np.flatnonzero(self.labels != c) for c in classes}
 
+    @property
+    def num_replicas(self) -> int:
+        if not self._fixed_replicas and torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size()
+        return self._num_replicas
+
+    @property
+    def rank(self) -> int:
+        if not self._fixed_replicas and torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank()
+        return self._rank
+
+    def _check_replicas(self) -> None:
+        if self.num_batches < self.num_replicas:
+            raise ValueError(
+                f"num_batches = {self.num_batches} is fewer than num_replicas = {self.num_replicas}; "
+                "every rank needs at least one batch"
+            )
+
     def set_epoch(self, epoch: int) -> None:
         """Draw a new set of triplets (same seed + same epoch -> same triplets)."""
         self.epoch = int(epoch)
@@ -127,7 +146,12 @@ class BalancedBatchSampler(Sampler[list[int]]):
         num_batches: batches per epoch over all replicas; default ``N // (P K)`` (at least 1), about
             one pass over the data.
         num_replicas, rank: for data-parallel training every rank draws the same global sequence
-            and keeps the batches ``b`` with ``b % num_replicas == rank`` (disjoint batches).
+            and keeps the batches ``b`` with ``b % num_replicas == rank`` (disjoint batches). ``None``
+            (the default) reads both from ``torch.distributed`` when the batches are drawn — the
+            world size and rank of an initialised process group, else 1 and 0 — so the same sampler
+            object works in one process and under Lightning DDP (which builds the process group after
+            the loaders exist; give the trainer ``use_distributed_sampler=False``, as ``fit_stage``
+            does for a custom batch sampler).
 
     Each class's indices are consumed from a seeded permutation, refreshed when fewer than K remain,
     so within an epoch a sample repeats only after all of its class has been used. Yields ``list[int]``
@@ -142,16 +166,19 @@ class BalancedBatchSampler(Sampler[list[int]]):
         samples_per_class: int,
         seed: int = 0,
         num_batches: int | None = None,
-        num_replicas: int = 1,
-        rank: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
     ) -> None:
         self.labels = _labels_array(labels)
         self.classes_per_batch = _check_int(classes_per_batch, "classes_per_batch", 2)
         self.samples_per_class = _check_int(samples_per_class, "samples_per_class", 2)
-        self.num_replicas = _check_int(num_replicas, "num_replicas", 1)
-        self.rank = _check_int(rank, "rank", 0)
-        if self.rank >= self.num_replicas:
-            raise ValueError(f"rank must be < num_replicas = {self.num_replicas}, got {self.rank}")
+        if num_replicas is None and rank is not None:
+            raise ValueError("rank needs num_replicas (or give neither: then torch.distributed decides)")
+        self._fixed_replicas = num_replicas is not None
+        self._num_replicas = 1 if num_replicas is None else _check_int(num_replicas, "num_replicas", 1)
+        self._rank = 0 if rank is None else _check_int(rank, "rank", 0)
+        if self._rank >= self._num_replicas:
+            raise ValueError(f"rank must be < num_replicas = {self._num_replicas}, got {self._rank}")
         classes, counts = np.unique(self.labels, return_counts=True)
         if len(classes) < self.classes_per_batch:
             raise ValueError(
@@ -167,15 +194,30 @@ class BalancedBatchSampler(Sampler[list[int]]):
         batch = self.classes_per_batch * self.samples_per_class
         default = max(len(self.labels) // batch, 1)
         self.num_batches = default if num_batches is None else _check_int(num_batches, "num_batches", 1)
+        self._check_replicas()
+        self.seed = int(seed)
+        self.epoch = 0
+        self._classes = classes
+        self._members = [np.flatnonzero(self.labels == c) for c in classes]
+
+    @property
+    def num_replicas(self) -> int:
+        if not self._fixed_replicas and torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size()
+        return self._num_replicas
+
+    @property
+    def rank(self) -> int:
+        if not self._fixed_replicas and torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank()
+        return self._rank
+
+    def _check_replicas(self) -> None:
         if self.num_batches < self.num_replicas:
             raise ValueError(
                 f"num_batches = {self.num_batches} is fewer than num_replicas = {self.num_replicas}; "
                 "every rank needs at least one batch"
             )
-        self.seed = int(seed)
-        self.epoch = 0
-        self._classes = classes
-        self._members = [np.flatnonzero(self.labels == c) for c in classes]
 
     def set_epoch(self, epoch: int) -> None:
         """Draw new batches (same seed + same epoch -> same batches)."""
@@ -199,9 +241,11 @@ class BalancedBatchSampler(Sampler[list[int]]):
             yield batch
 
     def __iter__(self) -> Iterator[list[int]]:
-        usable = len(self) * self.num_replicas  # the same count on every rank
+        self._check_replicas()
+        replicas, rank = self.num_replicas, self.rank
+        usable = (self.num_batches // replicas) * replicas  # the same count on every rank
         for b, batch in enumerate(self._global_batches()):
             if b >= usable:
                 break
-            if b % self.num_replicas == self.rank:
+            if b % replicas == rank:
                 yield batch

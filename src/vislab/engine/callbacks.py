@@ -6,6 +6,7 @@ The recorder keeps its state in Lightning checkpoints, so a resumed run continue
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -21,12 +22,20 @@ class EpochRecorder(L.Callback):
 
     It runs before ModelCheckpoint (Lightning runs checkpoint callbacks last), so a ``last.ckpt`` of
     epoch *e* always has its row; a resumed run re-writes rows by key, never duplicates them.
+
+    With ``log_lines`` (stderr is not a terminal: CI, ``nohup``, a log file) it also prints one line per
+    epoch — epoch, train and val loss, the headline and monitored metrics, seconds — in place of the
+    progress bar's carriage-return frames.
     """
 
-    def __init__(self, run: RunDir, variant: str, stage: str) -> None:
+    def __init__(self, run: RunDir, variant: str, stage: str, *, log_lines: bool = False,
+                 headline: str | None = None, max_epochs: int | None = None) -> None:
         self.run = run
         self.variant = variant
         self.stage = stage
+        self.log_lines = log_lines
+        self.headline = headline
+        self.max_epochs = max_epochs
         self.epoch_s: list[float] = []
         self.step_ms_sum = 0.0
         self.steps = 0
@@ -46,10 +55,10 @@ class EpochRecorder(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
-            pl_module.collect("val")
+            pl_module.epoch_results.pop("val", None)
             return
         train = pl_module.collect("train")
-        val = pl_module.collect("val")
+        val = pl_module.epoch_results.pop("val", {})
         if not train:  # a validate() call outside fit
             return
         self.epoch_s.append(time.perf_counter() - self._t_epoch)
@@ -61,6 +70,23 @@ class EpochRecorder(L.Callback):
         row["epoch_s"] = self.epoch_s[-1]
         if trainer.is_global_zero:
             self.run.upsert_metrics([row])
+            if self.log_lines:
+                print(self._line(row, pl_module), file=sys.stderr, flush=True)
+
+    def _line(self, row: dict[str, Any], pl_module: L.LightningModule) -> str:
+        of = f"/{self.max_epochs}" if self.max_epochs else ""
+        parts = [f"[{self.variant}/{self.stage}] epoch {row['epoch']}{of}"]
+        shown = ["loss"]
+        for name in (self.headline, getattr(pl_module, "monitor", "").split("/", 1)[-1]):
+            if name and name not in shown:
+                shown.append(name)
+        for name in shown:
+            for split in ("train", "val"):
+                v = row.get(f"{split}_{name}")
+                if isinstance(v, (int, float)):
+                    parts.append(f"{split} {name} {v:.4g}")
+        parts.append(f"{row['epoch_s']:.1f} s")
+        return "  ".join(parts)
 
     def timing(self) -> dict[str, float]:
         return {

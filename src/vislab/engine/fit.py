@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from vislab.engine.callbacks import EpochRecorder, KillAfterEpochs, PreciseBatchNorm
 from vislab.engine.context import RunContext
 from vislab.engine.module import TaskModule
+from vislab.errors import UserError
 
 
 @dataclass
@@ -53,7 +54,8 @@ def _quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=pat)
 
 
-def make_trainer(ctx: RunContext, *, max_epochs: int, callbacks: list[L.Callback]) -> L.Trainer:
+def make_trainer(ctx: RunContext, *, max_epochs: int, callbacks: list[L.Callback],
+                 use_distributed_sampler: bool = True) -> L.Trainer:
     _quiet_lightning()
     accelerator = ctx.resolved_accelerator()
     devices = ctx.devices
@@ -71,12 +73,69 @@ def make_trainer(ctx: RunContext, *, max_epochs: int, callbacks: list[L.Callback
         callbacks=callbacks,
         logger=False,
         enable_model_summary=False,
-        enable_progress_bar=os.environ.get("VISLAB_PROGRESS", "1") != "0",
+        enable_progress_bar=progress_bar_enabled(),
         num_sanity_val_steps=0,
         deterministic=True if accelerator == "cpu" else "warn",
         log_every_n_steps=1,
         default_root_dir=str(ctx.run.path),
+        use_distributed_sampler=use_distributed_sampler,
     )
+
+
+def has_custom_batch_sampler(loader: Any) -> bool:
+    """True for a DataLoader driven by its own batch sampler (e.g. P x K batches), which Lightning cannot
+    re-wrap with a DistributedSampler; such a sampler shards itself (``BalancedBatchSampler`` reads the
+    rank from the process group)."""
+    from torch.utils.data import BatchSampler
+
+    bs = getattr(loader, "batch_sampler", None)
+    return bs is not None and type(bs) is not BatchSampler
+
+
+def _rebuild(loader: Any, sampler: Any) -> Any:
+    from torch.utils.data import DataLoader
+
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
+                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
+                      worker_init_fn=loader.worker_init_fn,
+                      persistent_workers=loader.persistent_workers if loader.num_workers > 0 else False)
+
+
+def shard_loaders(train_loader: Any, val_loader: Any, trainer: L.Trainer, seed: int) -> tuple[Any, Any]:
+    """The loaders of one rank under DDP (``use_distributed_sampler=False``: the engine shards itself).
+
+    * training: a ``DistributedSampler`` (shuffled with ``seed`` when the loader shuffled; Lightning sets its
+      epoch), or the loader as it is when it brings its own batch sampler (which shards itself);
+    * validation: Lightning's ``UnrepeatedDistributedSampler``: rank ``r`` evaluates samples ``r, r + W, ...``
+      and nothing is repeated, so an odd-sized split's loss and metrics count every sample exactly once.
+    """
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+    from torch.utils.data import DistributedSampler, RandomSampler
+
+    w, r = trainer.world_size, trainer.global_rank
+    if w <= 1:
+        return train_loader, val_loader
+    if not has_custom_batch_sampler(train_loader):
+        shuffle = isinstance(train_loader.sampler, RandomSampler)
+        train_loader = _rebuild(train_loader, DistributedSampler(train_loader.dataset, num_replicas=w, rank=r,
+                                                                 shuffle=shuffle, seed=seed))
+    if val_loader is not None:
+        if len(val_loader.dataset) < w:
+            raise UserError(f"the validation split has {len(val_loader.dataset)} sample(s), fewer than the {w} "
+                            "DDP processes; use fewer --devices or a larger split")
+        val_loader = _rebuild(val_loader, UnrepeatedDistributedSampler(val_loader.dataset, num_replicas=w, rank=r,
+                                                                       shuffle=False))
+    return train_loader, val_loader
+
+
+def progress_bar_enabled() -> bool:
+    """Lightning's progress bar only on a terminal: in a log file (CI, nohup) its carriage-return frames
+    would bury everything else, so there ``EpochRecorder`` prints one line per epoch instead."""
+    import sys
+
+    if os.environ.get("VISLAB_PROGRESS", "1") == "0":
+        return False
+    return os.environ.get("VISLAB_PROGRESS") == "1" or sys.stderr.isatty()
 
 
 def load_weights(module: torch.nn.Module, checkpoint: str | Path) -> dict[str, Any]:
@@ -102,18 +161,21 @@ def fit_stage(ctx: RunContext, module: TaskModule, train_loader: Any, val_loader
     ckpt_path = str(last) if ctx.resume and last.exists() else None
     if ckpt_path is None and ctx.is_main:
         ctx.run.drop_metrics(variant, stage)  # a fresh start of this stage: forget stale rows
-    recorder = EpochRecorder(ctx.run, variant, stage)
-    checkpoint = ModelCheckpoint(dirpath=str(ckdir), filename="best", monitor=module.monitor, mode="min",
+    recorder = EpochRecorder(ctx.run, variant, stage, log_lines=not progress_bar_enabled(),
+                             headline=getattr(ctx, "headline", None), max_epochs=max_epochs)
+    mode = getattr(module, "monitor_mode", "min")
+    checkpoint = ModelCheckpoint(dirpath=str(ckdir), filename="best", monitor=module.monitor, mode=mode,
                                  save_last=True, save_top_k=1, enable_version_counter=False)
     callbacks: list[L.Callback] = [recorder, checkpoint,
-                                   EarlyStopping(monitor=module.monitor, mode="min",
+                                   EarlyStopping(monitor=module.monitor, mode=mode,
                                                  patience=int(patience if patience is not None else cfg.patience))]
     if getattr(cfg, "precise_bn", 0):
         callbacks.insert(0, PreciseBatchNorm(cfg.precise_bn))
     kill_after = os.environ.get("VISLAB_KILL_AFTER_EPOCHS")
     if kill_after:
         callbacks.append(KillAfterEpochs(int(kill_after)))
-    trainer = make_trainer(ctx, max_epochs=max_epochs, callbacks=callbacks)
+    trainer = make_trainer(ctx, max_epochs=max_epochs, callbacks=callbacks, use_distributed_sampler=False)
+    train_loader, val_loader = shard_loaders(train_loader, val_loader, trainer, int(cfg.seed))
     if ckpt_path:
         ctx.log(f"[{variant}/{stage}] resuming from {ckpt_path}")
     ctx.log(f"[{variant}/{stage}] training up to {max_epochs} epochs on {ctx.resolved_accelerator()}")

@@ -321,13 +321,6 @@ class Transfer(Experiment):
             raise UserError(f"val_fraction must lie in (0, 1), got {cfg.val_fraction}")
         if cfg.embed_points < 2:
             raise UserError(f"embed_points must be >= 2, got {cfg.embed_points}")
-        try:
-            devices = int(ctx.devices)
-        except (TypeError, ValueError):
-            devices = 1
-        if (devices > 1 or ctx.num_nodes > 1) and any(self._schedule(v) != "ce_fc" for v in cfg.variants):
-            raise UserError("the triplet stages use a P x K batch sampler that the engine's DDP trainer cannot "
-                            "shard yet; run transfer with --devices 1 (or variants=ce_fc)")
 
     def _check_data(self, ctx: RunContext) -> str:
         """The data set's name, with its options checked before anything slow happens."""

@@ -35,6 +35,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
                     "unknown variant 'big_cnn'")
     empty = tmp_path / "empty"
     (empty / "a").mkdir(parents=True)
+    (empty / "b").mkdir(parents=True)
     _one_line_error(run_cli("run", "folder-classifier", "--data", str(empty), "--out", str(tmp_path / "r4")),
                     "no readable images")
     _one_line_error(run_cli("run", "folder-classifier", "--resume", "--out", str(tmp_path / "r5")),

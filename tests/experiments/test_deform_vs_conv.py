@@ -36,7 +36,7 @@ def test_three_variants_side_by_side(tmp_path):
     assert (out / "figures" / "sampling_deform-all_0.png").exists()
     assert (out / "figures" / "time_step.png").exists()
     report = (out / "report.md").read_text()
-    assert "Best test mAP" in report or "all variants tie" in report
+    assert "On test mAP (higher is better)" in report
     saved = json.loads((out / "summary.json").read_text())
     assert saved["runs"]["deform-all"]["test"] == runs["deform-all"]["test"]
 
@@ -75,8 +75,8 @@ def test_comparison_says_only_what_numbers_support():
                 "time": {"step_ms_mean": t}} for v, m, p, t in (("regular", 0.50, 100, 10.0),
                                                                  ("deform-all", 0.55, 150, 30.0))}
     text = "\n".join(comparison_sentences(runs))
-    assert "Best test mAP: **deform-all** (0.5500; regular 0.5000)" in text
-    assert "test micro F1: all variants tie at 0.5000" in text
+    assert "On test mAP (higher is better) **deform-all** wins (deform-all 0.55 vs regular 0.5)" in text
+    assert "On test F1 micro (higher is better) all variants tie (regular 0.5, deform-all 0.5)" in text
     assert "deform-all vs regular: mAP +0.0500 (higher), training step 3.00× the time, +50 parameters" in text
 
 

@@ -71,6 +71,9 @@ def scan_image_folder(root: str | Path, *, verify: bool = True, min_per_class: i
     if not class_dirs:
         raise UserError(f"data folder {root} has no class subfolders; expected ROOT/CLASS_NAME/IMAGE files")
     classes = [d.name for d in class_dirs]
+    if len(classes) < 2:
+        raise UserError(f"data folder {root} has one class subfolder ({classes[0]!r}); a classifier needs at least "
+                        "two classes, one subfolder each")
     items: list[tuple[str, int]] = []
     skipped: list[tuple[str, str]] = []
     ignored = 0

@@ -23,6 +23,7 @@ class RunContext:
     accelerator: str = "auto"  # auto | cpu | gpu | cuda | mps
     quick: bool = False  # demo --quick
     notes: list[str] = field(default_factory=list)  # lines the report shows under "Notes"
+    headline: str | None = None  # the experiment's headline metric (shown in the per-epoch log lines)
 
     @property
     def is_main(self) -> bool:

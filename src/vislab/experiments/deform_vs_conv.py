@@ -25,6 +25,7 @@ from vislab.errors import UserError
 from vislab.experiments.base import Experiment
 from vislab.metrics.multilabel import multilabel_metrics
 from vislab.report import figures
+from vislab.report.blocks import comparison_bullets, curves_figure, headline_sentence, run_footer, variants_table
 from vislab.report.document import Report
 
 VARIANTS = ("regular", "deform-all", "deform-first2")
@@ -64,6 +65,8 @@ class DeformVsConv(Experiment):
                  "canvas); --data coco --root DIR: MS COCO 2017 multi-label (80 categories) via pycocotools, "
                  "limit sizes with --set limit_train=N limit_test=N")
     Config = DeformVsConvConfig
+    headline = ("map", True)
+    demo_budget_s = 120.0
 
     def demo_overrides(self, quick: bool) -> dict[str, Any]:
         # The demo's share of its 10-minute budget on 2 CPU cores (about 3 minutes): 32-pixel canvases with
@@ -223,16 +226,13 @@ class DeformVsConv(Experiment):
                  + (f"BatchNorm statistics are recomputed over {cfg.precise_bn} training batches before every "
                     "validation (precise BN), so validation and test see statistics of the current weights."
                     if cfg.precise_bn else "BatchNorm statistics: the running averages of training."))
+        rep.text(headline_sentence(runs, self.headline))
         rep.heading("Side by side (test)")
-        header = ["variant", "params", "epochs", "loss", "exact match", "label acc", "P micro", "R micro", "F1 micro",
-                  "F1 macro", "mAP", "s/epoch", "ms/step", "infer ms/img"]
-        table = []
-        for v, r in runs.items():
-            t, tm = r["test"], r["time"]
-            table.append([v, r["params"], r["epochs"], t["loss"], t["accuracy"], t["label_accuracy"],
-                          t["precision_micro"], t["recall_micro"], t["f1_micro"], t["f1_macro"], t["map"],
-                          tm["epoch_s_mean"], tm["step_ms_mean"], tm["infer_ms_per_image"]])
-        rep.table(header, table)
+        variants_table(rep, runs, ["loss", "accuracy", "label_accuracy", "precision_micro", "recall_micro", "f1_micro",
+                                   "f1_macro", "map"],
+                       extra={"s/epoch": lambda r: r["time"]["epoch_s_mean"],
+                              "infer ms/img": lambda r: r["time"]["infer_ms_per_image"]},
+                       caption="`accuracy` is the exact-match accuracy (every label right); the headline is mAP.")
         rep.table(["variant", "train loss", "train exact match", "train F1 micro", "train mAP", "val mAP", "test mAP"],
                   [[v, r["train"].get("loss"), r["train"].get("accuracy"), r["train"].get("f1_micro"),
                     r["train"].get("map"), r["val"]["map"], r["test"]["map"]] for v, r in runs.items()],
@@ -241,8 +241,7 @@ class DeformVsConv(Experiment):
         rep.heading("What the numbers say")
         rep.bullets(comparison_sentences(runs))
         rep.heading("Curves")
-        rep.figure(figures.plot_curves(rows, ["loss", "f1_micro", "map"], run.figure("curves.png")),
-                   "Per epoch: loss, micro F1 and mAP; train solid, validation dashed.")
+        curves_figure(rep, rows, ["loss", "f1_micro", "map"], run.figure("curves.png"))
         rep.heading("Time")
         rep.figure(figures.plot_bars({v: r["time"]["step_ms_mean"] for v, r in runs.items()},
                                      run.figure("time_step.png"), ylabel="ms per training step",
@@ -260,9 +259,7 @@ class DeformVsConv(Experiment):
                      "locations (red; opacity = modulation) chained through both layers.")
             for v in deform:
                 self._sampling_figures(ctx, rep, v, results[v]["model"], runs[v]["deformable_layers"][:2], ds["test"])
-        rep.heading("Run")
-        env = run.read_json("env.json", {})
-        rep.text(f"Seed {cfg.seed}; device {env.get('device')}; torch {env.get('torch')}; git {env.get('git_commit')}.")
+        run_footer(rep, run, cfg.seed)
         if info.get("category_ids"):
             rep.text("COCO label mapping (index: category id name): " + ", ".join(
                 f"{i}: {cid} {n}" for i, (cid, n) in enumerate(zip(info["category_ids"], summary["data"]["labels"]))))
@@ -286,23 +283,12 @@ class DeformVsConv(Experiment):
 
 
 def comparison_sentences(runs: dict[str, Any]) -> list[str]:
-    """Plain statements of who won on what, with the numbers (nothing the numbers do not support)."""
-    out = []
-    names = list(runs)
-    if not names:
-        return out
-    for key, label, higher in (("map", "test mAP", True), ("f1_micro", "test micro F1", True),
-                               ("accuracy", "test exact-match accuracy", True), ("loss", "test loss", False)):
-        vals = {v: runs[v]["test"][key] for v in names}
-        if len(names) > 1 and len(set(vals.values())) == 1:
-            out.append(f"{label}: all variants tie at {next(iter(vals.values())):.4f}")
-            continue
-        best = (max if higher else min)(vals, key=vals.get)
-        others = ", ".join(f"{v} {vals[v]:.4f}" for v in names if v != best)
-        out.append(f"Best {label}: **{best}** ({vals[best]:.4f}" + (f"; {others})" if others else ")"))
+    """Plain statements of who won on what, with the numbers (nothing the numbers do not support): the shared
+    per-metric winners, then each deformable variant against the regular network."""
+    out = comparison_bullets(runs, {"map": True, "f1_micro": True, "accuracy": True, "loss": False})
     if "regular" in runs:
         base = runs["regular"]
-        for v in names:
+        for v in runs:
             if v == "regular":
                 continue
             d = runs[v]["test"]["map"] - base["test"]["map"]

@@ -68,6 +68,29 @@ class FolderClassifier(Experiment):
     data_help = ("--data DIR: an ImageFolder directory (DIR/CLASS/*.jpg); default: generated images of "
                  "five shapes on textured backgrounds, with object boxes for the pointing game")
     Config = FolderClassifierConfig
+    headline = ("accuracy", True)
+    demo_budget_s = 150.0
+
+    def validate(self, cfg: FolderClassifierConfig, data: str | None, root: str | None) -> None:
+        bad = [v for v in cfg.variants if v not in VARIANTS]
+        if bad or not cfg.variants:
+            raise UserError(f"unknown variant {bad[0] if bad else '(none given)'!r}; valid variants: "
+                            f"{', '.join(VARIANTS)}")
+        for key in ("per_class", "cam_images"):
+            if getattr(cfg, key) < 1:
+                raise UserError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+        if cfg.pretrained_epochs is not None and cfg.pretrained_epochs < 1:
+            raise UserError(f"pretrained_epochs must be >= 1 or none, got {cfg.pretrained_epochs}")
+        if cfg.pretrained_lr <= 0:
+            raise UserError(f"pretrained_lr must be > 0, got {cfg.pretrained_lr}")
+        if root:
+            raise UserError("--root is not used by folder-classifier; pass the image folder as --data DIR")
+        if data:
+            scan_image_folder(data, verify=False)  # folder, classes, images per class: before any work
+        if "pretrained" in cfg.variants:
+            from vislab.models.backbones import check_backbone
+
+            check_backbone(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.weights)
 
     def demo_overrides(self, quick: bool) -> dict[str, Any]:
         if quick:

@@ -63,6 +63,10 @@ def run_experiment(opts: RunOptions) -> dict[str, Any]:
         cfg = apply_overrides(cfg, opts.overrides)
     out = _resolve_out(opts)
     run = RunDir(out)
+    if is_rank_zero():
+        check_run_options(opts)
+        if not opts.resume:  # a resumed run re-validates with its saved config below
+            _validate(exp, cfg, opts)
     cfg_dict = {"experiment": exp.name, "data": opts.data, "root": opts.root, **config_to_dict(cfg)}
 
     if is_rank_zero():
@@ -79,6 +83,7 @@ def run_experiment(opts: RunOptions) -> dict[str, Any]:
             opts.data = opts.data or old.get("data")
             opts.root = opts.root or old.get("root")
             cfg_dict = {"experiment": exp.name, "data": opts.data, "root": opts.root, **config_to_dict(cfg)}
+            _validate(exp, cfg, opts)
         elif (out / "summary.json").exists() or (out / "state.json").exists():
             raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         out.mkdir(parents=True, exist_ok=True)
@@ -92,7 +97,7 @@ def run_experiment(opts: RunOptions) -> dict[str, Any]:
 
     ctx = RunContext(cfg=cfg, run=run, data=opts.data, root=opts.root, download=opts.download,
                      resume=opts.resume, devices=opts.devices, num_nodes=opts.num_nodes,
-                     accelerator=opts.accelerator, quick=opts.quick)
+                     accelerator=opts.accelerator, quick=opts.quick, headline=exp.headline[0])
     device = ctx.resolved_accelerator()
     if is_rank_zero():
         import torch
@@ -110,6 +115,35 @@ def run_experiment(opts: RunOptions) -> dict[str, Any]:
         run.write_json("summary.json", summary)
         ctx.log(f"vislab: wrote {out / 'report.html'}")
     return summary
+
+
+def _validate(exp: Any, cfg: Any, opts: RunOptions) -> None:
+    import inspect
+
+    kwargs = {"download": opts.download} if "download" in inspect.signature(exp.validate).parameters else {}
+    exp.validate(cfg, opts.data, opts.root, **kwargs)
+
+
+def check_run_options(opts: RunOptions) -> None:
+    """The options every experiment shares, checked before anything is created."""
+    devices = opts.devices
+    if isinstance(devices, str):
+        if devices != "auto":
+            try:
+                devices = int(devices)
+            except ValueError:
+                raise UserError(f"--devices must be a positive integer or 'auto', got {opts.devices!r}") from None
+    if isinstance(devices, int) and devices < 1:
+        raise UserError(f"--devices must be >= 1, got {devices}")
+    if not isinstance(opts.num_nodes, int) or opts.num_nodes < 1:
+        raise UserError(f"--num-nodes must be >= 1, got {opts.num_nodes}")
+    if opts.accelerator not in ("auto", "cpu", "gpu", "cuda", "mps"):
+        raise UserError(f"--accelerator must be auto, cpu, gpu, cuda or mps, got {opts.accelerator!r}")
+    if opts.out and Path(opts.out).exists() and not Path(opts.out).is_dir():
+        raise UserError(f"--out {opts.out} exists and is not a folder")
+    from vislab.engine.context import RunContext
+
+    RunContext(cfg=None, run=None, accelerator=opts.accelerator).resolved_accelerator()  # gpu without a GPU: error
 
 
 def _saved_fields(saved: dict[str, Any]) -> dict[str, Any]:

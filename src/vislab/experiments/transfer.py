@@ -232,6 +232,8 @@ class Transfer(Experiment):
                  "--data cifar10-binary --root DIR [--download]: two CIFAR-10 classes "
                  "(--set classes=airplane,automobile), CIFAR's own test split; --root alone means cifar10-binary")
     Config = TransferConfig
+    headline = ("accuracy", True)
+    demo_budget_s = 60.0
 
     def __init__(self) -> None:
         # After run(): the trained classifiers and the initial (pretrained / random) weights, for inspection.
@@ -292,6 +294,17 @@ class Transfer(Experiment):
         return summary
 
     # -- configuration and data ------------------------------------------------------------------
+    def validate(self, cfg: TransferConfig, data: str | None, root: str | None, download: bool = False) -> None:
+        from types import SimpleNamespace
+
+        self._cfg = cfg
+        ctx = SimpleNamespace(cfg=cfg, data=data, root=root, download=download)
+        self._check_config(cfg, ctx)
+        self._check_data(ctx)
+        from vislab.models.backbones import check_backbone
+
+        check_backbone(cfg.backbone, pretrained=True, weights=cfg.weights)
+
     def _schedule(self, variant: str) -> str:
         """The training schedule a variant follows: its own, or ``control_schedule`` for the control."""
         return self._cfg.control_schedule if variant == CONTROL else variant

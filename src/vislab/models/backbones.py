@@ -91,6 +91,31 @@ def _load_file(path: str | Path) -> dict[str, Tensor]:
     return sd
 
 
+def check_backbone(name: str, *, pretrained: bool = True, weights: str | None = None) -> None:
+    """The checks of :func:`create_classifier` that need no model: a known name, an existing weights file,
+    weights that are on this machine (for the CLI's argument check before any work)."""
+    import timm
+    import torchvision
+
+    if weights and not Path(weights).exists():
+        raise UserError(f"weights file {weights} does not exist")
+    if name == "efficientnet_lite0":
+        return
+    if name in torchvision.models.list_models(module=torchvision.models):
+        if pretrained and not weights:
+            path = _tv_cache_path(torchvision.models.get_model_weights(name).DEFAULT)
+            if not path.exists():
+                raise UserError(f"pretrained weights for {name} are not on this machine (looked for {path}); "
+                                f"put the file there, pass --set weights=PATH, or use pretrained=false")
+        return
+    if name in timm.list_models():
+        if pretrained and not weights:
+            raise UserError(f"timm model {name} needs its weights as a file: --set weights=PATH "
+                            "(vislab never downloads at run time), or pretrained=false")
+        return
+    raise UserError(f"unknown backbone {name!r}; use efficientnet_lite0 or a torchvision/timm model name")
+
+
 def create_classifier(name: str, *, num_classes: int, pretrained: bool = True, weights: str | None = None,
                       dropout: float = 0.2) -> Classifier:
     """Backbone ``name`` with a new ``num_classes`` head; only the head is newly initialised when pretrained."""

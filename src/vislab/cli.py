@@ -116,6 +116,11 @@ def _guard(fn) -> int:
     except KeyboardInterrupt:
         print("vislab: interrupted (resume with --resume)", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`vislab list | head`): stop quietly, as other command-line tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except (UserError, ValueError, TypeError, FileNotFoundError, NotADirectoryError) as exc:
         if os.environ.get("VISLAB_DEBUG"):
             raise

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from vislab.engine.run_dir import atomic_write_text, to_json
 from vislab.errors import UserError
-from vislab.experiments._registry import list_experiments
+from vislab.experiments._registry import get_experiment, list_experiments
 from vislab.experiments.runner import RunOptions, run_experiment
 
 
@@ -34,33 +34,55 @@ def run_demo(*, quick: bool = False, out: str | None = None, only: list[str] | N
         summary = run_experiment(RunOptions(name=name, out=str(root / name), quick=quick, demo=True,
                                             accelerator=accelerator))
         results.append((name, summary, time.perf_counter() - t0))
+        exp = get_experiment(name)
+        print(f"=== {name}: {_headline(summary, exp.headline)} ({results[-1][2]:.0f} s; demo budget "
+              f"{exp.demo_budget_s:.0f} s) ===", flush=True)
     total = time.perf_counter() - t_all
     _write_index(root, results, total, quick)
     print(f"\nvislab demo: {len(results)} experiment(s) in {total / 60:.1f} min; open {root / 'index.html'}")
     return 0
 
 
-def _headline(summary: dict) -> str:
-    parts = []
-    for variant, r in summary.get("runs", {}).items():
-        t = r.get("test", {})
-        for key in ("accuracy", "map", "f1_micro", "iou"):
-            if key in t and isinstance(t[key], (int, float)):
-                parts.append(f"{variant}: {key} {t[key]:.3f}")
-                break
-    return "; ".join(parts)
+def _headline(summary: dict, headline: tuple[str, bool]) -> str:
+    """``"metric (higher is better): variant 0.61, other 0.58"`` from the experiment's headline metric."""
+    from vislab.report.blocks import headline_values, metric_label
+
+    key, higher = headline
+    vals = headline_values(summary, headline)
+    if not vals:
+        return f"no test {metric_label(key)}"
+    return (f"test {metric_label(key)} ({'higher' if higher else 'lower'} is better): "
+            + ", ".join(f"{v} {x:.3f}" for v, x in vals.items()))
 
 
 def _write_index(root: Path, results: list, total: float, quick: bool) -> None:
-    rows = "".join(
-        f'<tr><td><a href="{html.escape(name)}/report.html">{html.escape(name)}</a></td>'
-        f"<td>{html.escape(_headline(s))}</td><td>{secs:.0f} s</td></tr>"
-        for name, s, secs in results)
+    rows = []
+    budget_total = 0.0
+    for name, s, secs in results:
+        exp = get_experiment(name)
+        budget_total += exp.demo_budget_s
+        over = "" if quick or secs <= exp.demo_budget_s else " (over budget)"
+        rows.append(f'<tr><td><a href="{html.escape(name)}/report.html">{html.escape(name)}</a></td>'
+                    f"<td>{html.escape(_headline(s, exp.headline))}</td><td>{secs:.0f} s{over}</td>"
+                    f"<td>{exp.demo_budget_s:.0f} s</td></tr>")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>vislab demo</title>"
-            f"<style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}td,th{{border:1px solid #ccc;"
+            f"<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}td,th{{border:1px solid #ccc;"
             f"padding:4px 8px}}table{{border-collapse:collapse}}</style></head><body>"
-            f"<h1>vislab demo{' (quick)' if quick else ''}</h1><p>Total {total / 60:.1f} min.</p>"
-            f"<table><tr><th>experiment</th><th>test headline</th><th>time</th></tr>{rows}</table></body></html>")
+            f"<h1>vislab demo{' (quick)' if quick else ''}</h1><p>Total {total / 60:.1f} min "
+            f"(budgets add up to {budget_total / 60:.1f} min; the demo's target is 12 min on 2 idle CPU cores, "
+            f"3 min with --quick).</p>"
+            f"<table><tr><th>experiment</th><th>headline metric per variant</th><th>time</th><th>budget</th></tr>"
+            f"{''.join(rows)}</table></body></html>")
     atomic_write_text(root / "index.html", page)
     atomic_write_text(root / "demo.json", to_json({"quick": quick, "total_s": total, "experiments": {
-        name: {"seconds": secs, "report": f"{name}/report.html"} for name, _, secs in results}}))
+        name: {"seconds": secs, "budget_s": get_experiment(name).demo_budget_s, "report": f"{name}/report.html",
+               "headline": {"metric": get_experiment(name).headline[0],
+                            "higher_is_better": get_experiment(name).headline[1],
+                            "values": _headline_values(s, get_experiment(name).headline)}}
+        for name, s, secs in results}}))
+
+
+def _headline_values(summary: dict, headline: tuple[str, bool]) -> dict[str, float]:
+    from vislab.report.blocks import headline_values
+
+    return headline_values(summary, headline)

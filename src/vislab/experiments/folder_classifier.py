@@ -35,6 +35,7 @@ from vislab.experiments.base import Experiment
 from vislab.explain.gradcam import GradCAM, overlay, pointing_game
 from vislab.metrics.classification import classification_report
 from vislab.report import figures
+from vislab.report.blocks import curves_figure, headline_sentence, run_footer, variants_table
 from vislab.report.document import Report
 
 VARIANTS = ("small_cnn", "pretrained")
@@ -267,18 +268,15 @@ class FolderClassifier(Experiment):
             rep.text(f"{d['ignored_non_images']} non-image file(s) were ignored.")
 
         rep.heading("Results")
-        header = ["variant", "model", "params", "epochs", "test accuracy", "test F1 (macro)", "test loss",
-                  "pointing game", "fit s", "ms/step"]
-        table = []
-        for v, r in summary["runs"].items():
+        rep.text(headline_sentence(summary["runs"], self.headline))
+
+        def pointing(r: dict[str, Any]) -> str:
             t = r["test"]
-            pg = f"{t['pointing_game']:.1%} (n={t['pointing_game_n']})" if "pointing_game" in t else "—"
-            model_desc = r["model"] + (" (ImageNet)" if r["pretrained"] else "")
-            table.append([v, model_desc, r["params"], r["epochs"], t["accuracy"], t["f1"], t["loss"], pg,
-                          r["time"]["fit_s"], r["time"]["step_ms_mean"]])
-        rep.table(header, table)
-        best = max(summary["runs"].items(), key=lambda kv: kv[1]["test"]["accuracy"])
-        rep.text(f"Best test accuracy: **{best[0]}** with {best[1]['test']['accuracy']:.1%}.")
+            return f"{t['pointing_game']:.1%} (n={t['pointing_game_n']})" if "pointing_game" in t else "—"
+
+        variants_table(rep, summary["runs"], ["accuracy", "f1", "loss"],
+                       extra={"model": lambda r: r["model"] + (" (ImageNet)" if r["pretrained"] else ""),
+                              "pointing game": pointing})
         for v, r in summary["runs"].items():
             w = r.get("weights")
             if v == "pretrained":
@@ -286,8 +284,7 @@ class FolderClassifier(Experiment):
                          "(pretrained=false).")
 
         rep.heading("Learning curves")
-        rep.figure(figures.plot_curves(rows, ["loss", "accuracy"], run.figure("curves.png")),
-                   "Train (solid) and validation (dashed) loss and accuracy per epoch.")
+        curves_figure(rep, rows, ["loss", "accuracy"], run.figure("curves.png"))
 
         rep.heading("Per-class test metrics")
         for v, r in results.items():
@@ -326,10 +323,7 @@ class FolderClassifier(Experiment):
                                       title=f"{v} — layer {summary['runs'][v]['cam_layer']}")
             rep.figure(path, f"{v}: Grad-CAM at layer `{summary['runs'][v]['cam_layer']}`.")
 
-        rep.heading("Run")
-        env = run.read_json("env.json", {})
-        rep.text(f"Seed {cfg.seed}; device {env.get('device')}; torch {env.get('torch')}; "
-                 f"git {env.get('git_commit')}. Config: `config.yaml`; per-epoch metrics: `metrics.csv`.")
+        run_footer(rep, run, cfg.seed)
         rep.write(run.path)
 
 

@@ -57,6 +57,7 @@ from vislab.experiments.base import Experiment
 from vislab.losses.triplet import MINING_STRATEGIES, TripletLoss, batch_triplet_loss
 from vislab.metrics.classification import classification_report
 from vislab.report import figures
+from vislab.report.blocks import headline_sentence, run_footer
 from vislab.report.document import Report
 from vislab.report.embedding_plot import EmbeddingPanel, pca_2d, plot_embeddings
 
@@ -530,6 +531,7 @@ class Transfer(Experiment):
                  f"(patience {cfg.patience}); the best epoch's weights are evaluated.")
 
         rep.heading("Comparison")
+        rep.text(headline_sentence(summary["runs"], self.headline))
         header = ["variant", "regime", "init", "test accuracy", "test loss", "test F1 (macro)",
                   "test active triplets", "epochs", "train time s", "total s"]
         table = []
@@ -587,10 +589,7 @@ class Transfer(Experiment):
                    "them) projected on their first two principal components. `ce_fc` shows the pretrained features "
                    "unchanged.")
 
-        rep.heading("Run")
-        env = run.read_json("env.json", {})
-        rep.text(f"Device {env.get('device')}; torch {env.get('torch')}; git {env.get('git_commit')}. Config: "
-                 f"`config.yaml`; per-epoch metrics of every stage: `metrics.csv`; checkpoints: `checkpoints/`.")
+        run_footer(rep, run, cfg.seed)
         rep.write(run.path)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -80,6 +81,40 @@ class DeformVsConv(Experiment):
                     "sampling_images": 1, "precise_bn": 4}
         return {**easy, "epochs": 4, "n_train": 2000, "n_val": 256, "n_test": 512, "widths": (8, 16, 32, 64, 64),
                 "sampling_images": 2, "precise_bn": 8}
+
+    def validate(self, cfg: DeformVsConvConfig, data: str | None, root: str | None) -> None:
+        bad = [v for v in cfg.variants if v not in VARIANTS]
+        if bad or not cfg.variants:
+            raise UserError(f"unknown variant {bad[0] if bad else '(none given)'!r}; valid variants: "
+                            f"{', '.join(VARIANTS)}")
+        if len(cfg.widths) != 5 or any(w < 1 for w in cfg.widths):
+            raise UserError(f"widths must list 5 positive stage widths (the network has 5 conv stages), got "
+                            f"{cfg.widths}")
+        if cfg.image_size < 16:
+            raise UserError(f"image_size must be >= 16 (four 2x2 max-pools), got {cfg.image_size}")
+        if cfg.global_pool not in ("max", "avg"):
+            raise UserError(f"global_pool must be max or avg, got {cfg.global_pool!r}")
+        for key in ("n_train", "n_val", "n_test"):
+            if getattr(cfg, key) < 1:
+                raise UserError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+        if not 0 <= cfg.dropout < 1:
+            raise UserError(f"dropout must lie in [0, 1), got {cfg.dropout}")
+        if data in (None, "digits"):
+            if len(cfg.digit_size) != 2:
+                raise UserError(f"digit_size must be two numbers MIN,MAX, got {cfg.digit_size}")
+            if len(cfg.digits_per_canvas) != 2 or not 1 <= cfg.digits_per_canvas[0] <= cfg.digits_per_canvas[1] <= 10:
+                raise UserError(f"digits_per_canvas must be two integers MIN,MAX with 1 <= MIN <= MAX <= 10, got "
+                                f"{cfg.digits_per_canvas}")
+        elif data == "coco":
+            if not root:
+                raise UserError("--data coco needs --root DIR (with annotations/instances_{train,val}2017.json)")
+            for split in ("train", "val"):
+                ann = Path(root) / "annotations" / f"instances_{split}2017.json"
+                if not ann.exists():
+                    raise UserError(f"--data coco: {ann} not found; expected annotations/instances_{{train,val}}2017"
+                                    ".json under --root")
+        else:
+            raise UserError(f"unknown --data {data!r} for deform-vs-conv; expected 'digits' (default) or 'coco'")
 
     # ------------------------------------------------------------------------------------------
     def _data(self, ctx: RunContext) -> tuple[dict[str, Any], list[str], int, dict[str, Any]]:

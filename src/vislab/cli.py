@@ -60,6 +60,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="gradcam", metavar="DIR", help="folder for the overlays (default: gradcam)")
     p.add_argument("--layer", default=None, help="module name of the conv layer (default: the last conv)")
     p.add_argument("--target", type=int, default=None, help="class index to explain (default: the prediction)")
+
+    p = sub.add_parser("detect", help="boxes on images from a detection checkpoint (Faster R-CNN)")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint written by `vislab run detection`")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--score", type=float, default=0.5, help="keep detections with at least this score (default 0.5)")
+    p.add_argument("--out", default="detections", metavar="DIR",
+                   help="folder for the images with boxes and detections.json (COCO results format)")
+
+    p = sub.add_parser("segment", help="a mask from a box prompt with a fine-tuned SAM checkpoint")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT",
+                   help="a checkpoint written by `vislab run sam-finetune`")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--box", required=True, metavar="x0,y0,x1,y1", help="the prompt box in the image's pixels")
+    p.add_argument("--out", default="segment", metavar="DIR", help="folder for the mask PNG and the overlay")
+
+    p = sub.add_parser(
+        "change", help="displacement and scaling between two images",
+        description="Estimate how IMG2 differs from IMG1. Convention: IMG2 is IMG1 scaled by s about the image "
+                    "centre c, then shifted by t = (dx, dy) pixels (x right, y down): a point p of IMG1 appears at "
+                    "s*(p - c) + c + t in IMG2. Change types: none, shift, scale, both.")
+    p.add_argument("img1", metavar="IMG1")
+    p.add_argument("img2", metavar="IMG2")
+    p.add_argument("--method", default=None, choices=["net", "hybrid", "phase", "fourier-mellin"],
+                   help="default: hybrid with --checkpoint, fourier-mellin without")
+    p.add_argument("--checkpoint", metavar="CKPT", help="a checkpoint written by `vislab run change-detection`")
+    p.add_argument("--json", action="store_true", help='print one JSON object {"dx", "dy", "scale", "change"}')
+    p.add_argument("--out", default=None, metavar="DIR", help="folder for the overlay (img1, img2 warped back, "
+                   "difference)")
     return parser
 
 
@@ -87,6 +115,11 @@ def _dispatch(args: argparse.Namespace, rest: list[str]) -> int:
         from vislab.explain.cli import gradcam_command
 
         return gradcam_command(args)
+    if args.command in ("detect", "segment", "change"):
+        import importlib
+
+        module = importlib.import_module(f"vislab.commands.{args.command}")
+        return getattr(module, f"{args.command}_command")(args)
     raise AssertionError(args.command)
 
 

@@ -22,6 +22,11 @@ def run_demo(*, quick: bool = False, out: str | None = None, only: list[str] | N
         if unknown:
             raise UserError(f"unknown experiment {unknown[0]!r}; registered: {', '.join(names)}")
         names = [n for n in names if n in only]
+    from vislab.engine.config import apply_overrides
+
+    for name in names:  # every experiment's demo settings are checked before the first one starts
+        exp = get_experiment(name)
+        exp.validate(apply_overrides(exp.Config(), exp.demo_overrides(quick)), None, None)
     root = Path(out) if out else Path("runs") / f"demo-{datetime.now():%Y%m%d-%H%M%S}"
     if root.exists() and any(root.iterdir()):
         raise UserError(f"{root} exists and is not empty; choose another --out")

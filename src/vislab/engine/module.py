@@ -373,6 +373,7 @@ def predict(model: nn.Module, loader: Iterable[Any], device: torch.device | str 
 
 
 def _progress_enabled() -> bool:
-    import os
+    """Progress bars only on a terminal (or with VISLAB_PROGRESS=1), as for training."""
+    from vislab.engine.fit import progress_bar_enabled
 
-    return os.environ.get("VISLAB_PROGRESS", "1") != "0"
+    return progress_bar_enabled()

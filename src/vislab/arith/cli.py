@@ -3,7 +3,7 @@
     vislab arith "conv(16,k=5,s=1,p=1) relu maxpool(2) flatten dense(10)" --input 3x128x128 [--json]
     vislab arith --model resnet18 --input 3x224x224 [--arg KEY=VALUE ...] [--json]
     vislab arith conv-steps [--example gap|laplacian] [--x MATRIX --f MATRIX ...]
-    vislab arith attention --dim 96 --heads 3 [--map 56x56 --window 7]
+    vislab arith attention --dim 96 --heads 3 [--dk 32 --dv 32 --dout 96] [--map 56x56 --window 7 --time]
     vislab arith padding --size 7 --kernel 3 --stride 2
     vislab arith probe --model resnet18 --input 3x448x448 --layer layer4 [--unit 7,7]
 """
@@ -123,22 +123,27 @@ def _conv_steps(argv: list[str]) -> int:
 
 
 def _attention(argv: list[str]) -> int:
-    from vislab.arith.attention import mha_params, msa_macs, wmsa_macs
+    from vislab.arith.attention import measure_attention_flops, mha_params, msa_macs, time_attention, wmsa_macs
 
     p = argparse.ArgumentParser(prog="vislab arith attention",
-                                description="Multi-head attention parameters and the Swin MSA vs W-MSA cost.")
+                                description="Multi-head attention parameters and the Swin MSA vs W-MSA cost; with "
+                                            "--map, the FLOPs of our real modules are counted with "
+                                            "torch.utils.flop_counter.FlopCounterMode and compared.")
     p.add_argument("--dim", type=int, required=True, help="d_model (= C, channels per token)")
     p.add_argument("--heads", type=int, required=True)
     p.add_argument("--dk", type=int, default=None, help="query/key size per head (default dim/heads)")
     p.add_argument("--dv", type=int, default=None, help="value size per head (default dim/heads)")
+    p.add_argument("--dout", type=int, default=None, help="output channels of the output projection (default dim)")
     p.add_argument("--no-bias", action="store_true")
     p.add_argument("--map", default=None, metavar="HxW", help="token map for the cost, e.g. 56x56")
     p.add_argument("--window", type=int, default=7, help="Swin window size M (default 7)")
+    p.add_argument("--time", action="store_true", help="also time our modules on this CPU (batch 1)")
     args = p.parse_args(argv)
-    params = mha_params(args.dim, args.heads, args.dk, args.dv, bias=not args.no_bias)
-    print(f"multi-head attention d_model={args.dim}, heads={args.heads}, "
-          f"d_k={args.dk or args.dim // args.heads}, d_v={args.dv or args.dim // args.heads}, "
-          f"bias={'no' if args.no_bias else 'yes'}")
+    params = mha_params(args.dim, args.heads, args.dk, args.dv, bias=not args.no_bias, d_out=args.dout)
+    dk, dv = args.dk or args.dim // args.heads, args.dv or args.dim // args.heads
+    dout = args.dout or args.dim
+    print(f"multi-head attention d_model={args.dim}, heads={args.heads}, d_k={dk}, d_v={dv}"
+          + (f", d_out={dout}" if args.dout else "") + f", bias={'no' if args.no_bias else 'yes'}")
     for k in ("q", "k", "v", "out"):
         print(f"  W_{k:<4} {params[k]:>14,}")
     print(f"  total  {params['total']:>14,}")
@@ -147,11 +152,31 @@ def _attention(argv: list[str]) -> int:
 
         h, w = parse_shape(f"1x{args.map}")[1:]
         c, m = args.dim, args.window
-        msa, wmsa = msa_macs(h, w, c), wmsa_macs(h, w, c, m)
+        general = args.dk is not None or args.dv is not None or args.dout is not None
+        kw = {"heads": args.heads, "d_k": args.dk, "d_v": args.dv, "d_out": args.dout}
+        msa, wmsa = msa_macs(h, w, c, **kw), wmsa_macs(h, w, c, m, **kw)
         print(f"cost on a {h}x{w} map, C={c}, window M={m} (multiply-accumulates; FLOPs = 2·MACs)")
-        print(f"  MSA    4hwC² + 2(hw)²C = {msa['projections']:,} + {msa['attention']:,} = {msa['total']:,}")
-        print(f"  W-MSA  4hwC² + 2M²hwC  = {wmsa['projections']:,} + {wmsa['attention']:,} = {wmsa['total']:,}")
+        if general:
+            print(f"  MSA    hw·C·h(2d_k+d_v) + hw·h·d_v·d_out + (hw)²·h(d_k+d_v) = {msa['projections']:,} + "
+                  f"{msa['attention']:,} = {msa['total']:,}")
+            print(f"  W-MSA  hw·C·h(2d_k+d_v) + hw·h·d_v·d_out + M²hw·h(d_k+d_v) = {wmsa['projections']:,} + "
+                  f"{wmsa['attention']:,} = {wmsa['total']:,}")
+        else:
+            print(f"  MSA    4hwC² + 2(hw)²C = {msa['projections']:,} + {msa['attention']:,} = {msa['total']:,}")
+            print(f"  W-MSA  4hwC² + 2M²hwC  = {wmsa['projections']:,} + {wmsa['attention']:,} = {wmsa['total']:,}")
         print(f"  W-MSA / MSA = {wmsa['total'] / msa['total']:.4f}")
+        print("measured with FlopCounterMode on our modules (one forward, batch 1):")
+        rows = [("MSA", None, 0, msa["total"]), ("W-MSA", m, 0, wmsa["total"]),
+                ("SW-MSA", m, m // 2, wmsa["total"])]
+        for name, win, shift, macs in rows:
+            flops = measure_attention_flops(h, w, c, window=win, shift=shift, **kw)
+            verdict = "= 2 × formula" if flops == 2 * macs else f"≠ 2 × formula ({2 * macs:,})"
+            line = f"  {name:<7}{flops:>16,} FLOPs {verdict}"
+            if args.time:
+                line += f"; {time_attention(h, w, c, window=win, shift=shift, **kw):.2f} ms on this CPU"
+            print(line)
+        print("  (MSA: vislab.models.vit.MultiHeadSelfAttention on all hw tokens; W-MSA/SW-MSA: "
+              "vislab.layers.swin.WindowAttention on the M×M windows, SW-MSA shifted by M//2 with its mask)")
     return 0
 
 

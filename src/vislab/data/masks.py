@@ -544,8 +544,8 @@ def write_scene_folder(root: str | Path, *, num_images: int = 400, size: int = 2
                        objects: tuple[int, int] = (2, 5), scale: float = 1.0) -> Path:
     """Write ``num_images`` scenes as a mask folder: ``images/NNNN.png``, ``masks/NNNN.png`` (instance
     labels 1..K), ``shapes.json`` (``{stem: {label: shape}}``). Deterministic in (num_images, size, seed,
-    objects, scale: the objects' size relative to the image); an existing complete folder with the same settings is reused. Built in a temporary sibling
-    folder and renamed, so a killed run never leaves half of it."""
+    objects, scale: the objects' size relative to the image); an existing complete folder with the same
+    settings is reused. Built in a temporary sibling folder and renamed, so a killed run never leaves half of it."""
     if num_images < 1 or size < 32:
         raise ValueError(f"need num_images >= 1 and size >= 32, got {num_images}, {size}")
     if not 1 <= objects[0] <= objects[1]:

@@ -6,5 +6,7 @@ from vislab.layers.deform_conv import (
     convert_to_deformable,
     deformable_param_groups,
 )
+from vislab.layers.swin import SwinBlock, WindowAttention, window_partition, window_reverse
 
-__all__ = ["DeformConv2d", "DeformableConv2d", "convert_to_deformable", "deformable_param_groups"]
+__all__ = ["convert_to_deformable", "deformable_param_groups", "DeformableConv2d", "DeformConv2d", "SwinBlock",
+           "window_partition", "window_reverse", "WindowAttention"]

@@ -1,6 +1,9 @@
 """Metrics: single-label classification and multi-label (checked against scikit-learn)."""
 
 from vislab.metrics.classification import classification_report, confusion_matrix
+from vislab.metrics.detection import coco_map
 from vislab.metrics.multilabel import MultiLabelMeter, multilabel_metrics
+from vislab.metrics.segmentation import dice, iou
 
-__all__ = ["MultiLabelMeter", "classification_report", "confusion_matrix", "multilabel_metrics"]
+__all__ = ["classification_report", "coco_map", "confusion_matrix", "dice", "iou", "multilabel_metrics",
+           "MultiLabelMeter"]

@@ -36,8 +36,12 @@ def test_scan_errors(tmp_path):
     with pytest.raises(UserError, match="has no class subfolders"):
         scan_image_folder(tmp_path)
     (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="one class subfolder .'empty'.; a classifier needs at least two classes"):
+        scan_image_folder(tmp_path)
+    (tmp_path / "empty2").mkdir()
     with pytest.raises(UserError, match="holds no readable images"):
         scan_image_folder(tmp_path)
+    (tmp_path / "empty2").rmdir()
     _folder(tmp_path, {"a": 3, "b": 2})
     with pytest.raises(UserError, match=r"at least 3 readable images.*'b' has 2, 'empty' has 0"):
         scan_image_folder(tmp_path)

@@ -14,6 +14,9 @@ _EXPERIMENTS: dict[str, tuple[str, str]] = {
     "deform-vs-conv": ("vislab.experiments.deform_vs_conv:DeformVsConv",
                        "deformable vs regular convolution, multi-label digits or COCO (SPEC §4)"),
     "transfer": ("vislab.experiments.transfer:Transfer", "pretrained CNN, new FC: CE vs triplet+CE vs joint (SPEC §5)"),
+    "change-detection": ("vislab.experiments.change_detection:ChangeDetection",
+                         "displacement and scaling between two images: network vs phase correlation, Fourier-Mellin, "
+                         "hybrid (SPEC §6)"),
     "detection": ("vislab.experiments.detection:Detection",
                   "Faster R-CNN from its pieces vs torchvision's FasterRCNN on the same backbone (SPEC §7)"),
     "vit": ("vislab.experiments.vit:VitExperiment",

@@ -52,7 +52,7 @@ def texture_pair(folder: Path, seed: int, dx: float, dy: float, s: float, *, siz
 
 def _run(capsys, a, b, **kw) -> dict:
     args = argparse.Namespace(img1=str(a), img2=str(b), method=kw.get("method"), checkpoint=kw.get("checkpoint"),
-                              json=kw.get("json", True), out=kw.get("out"))
+                              json=kw.get("json", True), out=kw.get("out") or str(Path(a).parent / "change-out"))
     assert change_command(args) == 0
     out = capsys.readouterr().out
     return json.loads(out) if args.json else out

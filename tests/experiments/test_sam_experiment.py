@@ -15,8 +15,8 @@ from vislab.errors import UserError
 from vislab.experiments.runner import RunOptions, run_experiment
 from vislab.experiments.sam_finetune import SamFinetune, SamFinetuneConfig
 
-TINY = {"scenes": 12, "image_size": 64, "epochs": 2, "aug_copies": 2, "batch_size": 8, "figure_prompts": 2,
-        "grabcut_iters": 1, "test_fraction": 0.25, "val_fraction": 0.2}
+TINY = {"scenes": 12, "image_size": 64, "encoder_size": 64, "epochs": 2, "aug_copies": 2, "batch_size": 8,
+        "figure_prompts": 2, "grabcut_iters": 1, "test_fraction": 0.25, "val_fraction": 0.2}
 
 
 def _run(out: Path, overrides: dict, **opts) -> tuple[dict, SamFinetune]:
@@ -60,6 +60,7 @@ def test_run_folder_summary_and_report(tiny_run):
         d["prompts"]["test"]
     c = saved["cache"]
     assert c["train_views"] == 2 * d["train"] and c["cached_epoch_s"] > 0 and c["uncached_epoch_s"] > 0
+    assert c["lightning_epoch_s"] > 0 and c["uncached_encode_s"] > 0
     assert c["speedup"] == pytest.approx(c["uncached_epoch_s"] / c["cached_epoch_s"], rel=0.01)
     split = json.loads((out / "split.json").read_text())
     assert sorted(split["train"] + split["val"] + split["test"]) == [f"{i:04d}" for i in range(12)]
@@ -127,9 +128,9 @@ def _unseen_folder(root: Path, n: int = 14, size: int = 72) -> Path:
 
 def test_data_folder_never_generated(tmp_path):
     data = _unseen_folder(tmp_path / "coins")
-    summary, _ = _run(tmp_path / "run", {"image_size": 64, "epochs": 2, "aug_copies": 2, "batch_size": 8,
-                                         "figure_prompts": 2, "grabcut_iters": 1, "test_fraction": 0.2,
-                                         "time_uncached": False}, data=str(data))
+    summary, _ = _run(tmp_path / "run", {"image_size": 64, "encoder_size": 64, "epochs": 2, "aug_copies": 2,
+                                         "batch_size": 8, "figure_prompts": 2, "grabcut_iters": 1,
+                                         "test_fraction": 0.2, "time_uncached": False}, data=str(data))
     d = summary["data"]
     assert d["name"] == "coins" and d["train"] + d["val"] + d["test"] == 14
     skipped = {p for p, _ in d["skipped"]}
@@ -137,6 +138,66 @@ def test_data_folder_never_generated(tmp_path):
     assert set(summary["per_shape"]) == {"object"} and "speedup" not in summary["cache"]
     md = (tmp_path / "run" / "report.md").read_text()
     assert "images/broken.png" in md and "3 file(s) were skipped" in md
+
+
+def _document_folder(root: Path, n: int, size: int = 96, seed: int = 0) -> Path:
+    """Crescents and L-shapes with stripe textures on crops of scikit-image's scanned page and text images:
+    shapes, textures and backgrounds the scene generator never makes; binary 0/255 PNG masks (several
+    objects per image = several connected components)."""
+    from skimage import data
+
+    rng = np.random.default_rng(seed)
+    backgrounds = [data.page(), data.text()]
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        bg = backgrounds[i % 2]
+        s = int(rng.uniform(0.5, 1.0) * min(bg.shape))
+        y0, x0 = rng.integers(0, bg.shape[0] - s + 1), rng.integers(0, bg.shape[1] - s + 1)
+        img = np.asarray(Image.fromarray(bg[y0:y0 + s, x0:x0 + s]).resize((size, size)), np.float32) / 255
+        img = np.repeat(img[..., None], 3, 2) * rng.uniform(0.7, 1.0, 3)
+        mask = np.zeros((size, size), bool)
+        for _ in range(int(rng.integers(1, 4))):
+            r = rng.uniform(0.15, 0.28) * size
+            cx, cy = rng.uniform(r, size - r, 2)
+            if rng.random() < 0.5:  # a crescent: a disk minus a shifted disk
+                a, d = rng.uniform(0, 2 * np.pi), rng.uniform(0.35, 0.6) * r
+                m = (((xx - cx) ** 2 + (yy - cy) ** 2 <= r * r)
+                     & ((xx - cx - d * np.cos(a)) ** 2 + (yy - cy - d * np.sin(a)) ** 2 > (0.85 * r) ** 2))
+            else:  # an L of two bars
+                w = rng.uniform(0.25, 0.4) * r
+                m = (((np.abs(xx - cx) <= r) & (np.abs(yy - (cy + r - w)) <= w))
+                     | ((np.abs(yy - cy) <= r) & (np.abs(xx - (cx - r + w)) <= w)))
+            near = np.zeros_like(mask)
+            near[2:, :] |= mask[:-2, :]
+            near[:-2, :] |= mask[2:, :]
+            near[:, 2:] |= mask[:, :-2]
+            near[:, :-2] |= mask[:, 2:]
+            if m.sum() < 30 or (m & (mask | near)).any():
+                continue  # keep objects apart: one object = one component
+            angle, freq = rng.uniform(0, np.pi), rng.uniform(0.15, 0.5)
+            stripes = 0.5 + 0.5 * np.sin(freq * (xx * np.cos(angle) + yy * np.sin(angle)))
+            tex = rng.uniform(0.2, 0.9, 3) * (0.6 + 0.4 * stripes[..., None])
+            img[m] = 0.8 * tex[m] + 0.2 * img[m]
+            mask |= m
+        if mask.any():
+            Image.fromarray((img.clip(0, 1) * 255).astype(np.uint8)).save(root / "images" / f"doc{i:03d}.jpg",
+                                                                          quality=92)
+            Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"doc{i:03d}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_data_folder_never_generated_is_learned_above_baselines(tmp_path):
+    """A folder of a kind the generator never makes, with the demo's training settings."""
+    data = _document_folder(tmp_path / "docs", n=200)
+    exp = SamFinetune()
+    summary, _ = _run(tmp_path / "run", {**exp.demo_overrides(False), "time_uncached": False}, data=str(data))
+    runs = summary["runs"]
+    ft = runs["finetuned"]["test"]["iou"]
+    assert ft > runs["box"]["test"]["iou"] and ft > runs["grabcut"]["test"]["iou"], {k: v["test"] for k, v in
+                                                                                     runs.items()}
 
 
 def _validate(overrides: dict, data=None, root=None):
@@ -149,6 +210,8 @@ def _validate(overrides: dict, data=None, root=None):
 def test_bad_arguments_before_any_work(tmp_path):
     with pytest.raises(UserError, match="image_size must be a multiple of 16"):
         _validate({"image_size": 100})
+    with pytest.raises(UserError, match="encoder_size must be a multiple of 16"):
+        _validate({"encoder_size": 200})
     with pytest.raises(UserError, match="does not exist"):
         _validate({}, data=str(tmp_path / "nope"))
     (tmp_path / "half" / "images").mkdir(parents=True)

@@ -244,3 +244,11 @@ def test_attention_with_custom_head_sizes():
     q, k = x @ wq[3:6].T + bq[3:6], x @ wk[3:6].T + bk[3:6]
     torch.testing.assert_close(w[:, 1], (q @ k.transpose(1, 2) / 3 ** 0.5).softmax(-1), rtol=0, atol=1e-6)
     assert wv.shape == (20, 20) and bv.shape == (20,)
+
+
+def test_registry_builder_defaults():
+    from vislab.models.vit import vit
+
+    model = vit(num_classes=5)
+    assert (model.image_size, model.patch_size, model.num_layers, model.hidden_dim) == (32, 4, 6, 96)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 5)

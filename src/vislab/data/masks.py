@@ -412,8 +412,8 @@ def _crop(rng: np.random.Generator, photo: np.ndarray, size: int, *, min_frac: f
 
 
 def _shape_alpha(kind: str, rng: np.random.Generator, size: int, scale: float = 1.0) -> np.ndarray:
-    """Coverage ``float32[size, size]`` in [0, 1] of one object of ``kind`` (drawn at 4×, area-averaged)."""
-    ss = 4
+    """Coverage ``float32[size, size]`` in [0, 1] of one object of ``kind`` (drawn at 3×, area-averaged)."""
+    ss = 3
     big = size * ss
     im = Image.new("L", (big, big), 0)
     draw = ImageDraw.Draw(im)
@@ -490,8 +490,9 @@ def render_scene(rng: np.random.Generator, size: int = 256, *, objects: tuple[in
     """One scene: ``(image uint8[S, S, 3], instances uint8[S, S] with objects 1..K, shapes[K])``.
 
     The background is a crop of a scikit-image photograph; each object (shape drawn uniformly from
-    :data:`SCENE_SHAPES`) is a texture cut from another photo, tinted with a random colour and
-    alpha-blended with antialiased edges; its mask is where its coverage is at least 1/2. Objects keep
+    :data:`SCENE_SHAPES`, its size ``scale`` times the base size) is a texture cut from another photo,
+    partly tinted with a random colour (so object and background colours often overlap) and alpha-blended
+    with antialiased edges; its mask is where its coverage is at least 1/2. Objects keep
     a gap of at least 2 px from each other, so every object is also one connected component.
     """
     from scipy import ndimage
@@ -517,9 +518,9 @@ def render_scene(rng: np.random.Generator, size: int = 256, *, objects: tuple[in
             continue
         others = [i for i in range(len(photos)) if i != bg_idx]
         tex = _crop(rng, photos[others[int(rng.integers(len(others)))]], size, min_frac=0.2)
-        tint = _hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.35, 0.9), rng.uniform(0.55, 1.0))
+        tint = _hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.25, 0.8), rng.uniform(0.5, 1.0))
         tex_gray = tex.mean(axis=2, keepdims=True)
-        mix = rng.uniform(0.45, 0.8)  # how much of the object is the flat tint vs the texture
+        mix = rng.uniform(0.3, 0.65)  # how much of the object is the tint vs the texture: colours overlap
         obj = mix * tint[None, None] * (0.55 + 0.9 * tex_gray) + (1 - mix) * tex
         a = alpha[..., None] * rng.uniform(0.85, 1.0)
         a = np.where(m[..., None], np.maximum(a, 0.5), a)  # the masked pixels are at least half object

@@ -453,25 +453,26 @@ class VitExperiment(Experiment):
         module = WarmupCosineClassification(model, lr=lr, weight_decay=cfg.weight_decay, meta=meta, augment=augment,
                                             label_smoothing=cfg.label_smoothing, warmup_epochs=cfg.warmup_epochs)
         stage = fit_stage(ctx, module, loaders["train"], loaders["val"], variant=variant, epochs=epochs)
-        model = module.model.cpu().eval()
-        self.models[variant] = model
+        device = ctx.device()  # evaluation on the training device (ViT-B/16 at 224 px is slow on a CPU)
+        model = module.model.to(device).eval()
         params = int(sum(p.numel() for p in model.parameters()))
 
         images = {k: torch.stack([ds[k][i][0] for i in range(len(ds[k]))]) for k in ("val", "test")}  # normalised
         evals = {}
         for split in ("val", "test"):
-            logits, y = predict(model, DataLoader(ds[split], batch_size=max(cfg.batch_size, 128)))
+            logits, y = predict(model, DataLoader(ds[split], batch_size=max(cfg.batch_size, 128)), device=device)
             rep = classification_report(logits, y, data.classes)
             evals[split] = {"loss": float(F.cross_entropy(logits, y)), **rep, "logits": logits}
         test = {k: evals["test"][k] for k in ("loss", "accuracy", "precision", "recall", "f1")}
         shuffled = {}
         for g in cfg.shuffle_grids:
             xs, _ = shuffle_patches(images["test"], g, generator=torch.Generator().manual_seed(cfg.seed + g))
-            acc = _accuracy(model, xs, data.labels["test"], cfg.batch_size)
+            acc = _accuracy(model, xs, data.labels["test"], max(cfg.batch_size, 128), device)
             test[f"shuffle_{g}x{g}_accuracy"] = acc
             shuffled[g] = xs
-        explain = self._explain(variant, model, images["test"], data, evals["test"]["logits"].argmax(1))
+        explain = self._explain(variant, model, images["test"], data, evals["test"]["logits"].argmax(1), device)
         test.update(explain["metrics"])
+        self.models[variant] = model.cpu()
         rows = ctx.run.read_metrics()
         best = next((r for r in rows if r.get("variant") == variant and r.get("epoch") == stage.best_epoch), {})
         summary = {
@@ -485,7 +486,8 @@ class VitExperiment(Experiment):
                 "test_images": images["test"]}
 
     # -- explanations ----------------------------------------------------------------------------------
-    def _explain(self, variant: str, model: nn.Module, x: Tensor, data: _Data, pred: Tensor) -> dict[str, Any]:
+    def _explain(self, variant: str, model: nn.Module, x: Tensor, data: _Data, pred: Tensor,
+                 device: torch.device) -> dict[str, Any]:
         """Attention maps and rollout (ViT) or Grad-CAM (CNN) on the test images, with their pointing games."""
         cfg: VitConfig = self._cfg
         boxes = data.boxes["test"]
@@ -504,7 +506,8 @@ class VitExperiment(Experiment):
             per_head, mean, rollout = [], [], []
             with torch.no_grad():
                 for i in range(0, len(xs), 64):
-                    _, att = model(xs[i:i + 64], need_weights=True)
+                    _, att = model(xs[i:i + 64].to(device), need_weights=True)
+                    att = [a.cpu() for a in att]
                     maps = attention_maps(att)
                     per_head.append(maps.per_head)  # (b, heads, gh, gw)
                     mean.append(maps.mean)  # (b, gh, gw)
@@ -522,10 +525,10 @@ class VitExperiment(Experiment):
                     for h in range(per_head_t.shape[1])]
                 m["pointing_game_n"] = len(keep)
             vit = _vit_of(model)
-            out["pos_similarity"] = position_embedding_similarity(vit.encoder.pos_embedding, vit.grid_size)
+            out["pos_similarity"] = position_embedding_similarity(vit.encoder.pos_embedding.cpu(), vit.grid_size)
         else:
             gc = GradCAM(model, cfg.cam_layer)
-            cams = torch.cat([gc(xs[i:i + 64])[0] for i in range(0, len(xs), 64)])  # (n, S, S)
+            cams = torch.cat([gc(xs[i:i + 64].to(device))[0].cpu() for i in range(0, len(xs), 64)])  # (n, S, S)
             out.update(cams=cams[sel_show], cam_layer=gc.layer_name)
             if keep:
                 out["metrics"]["gradcam_pointing_game"] = float(np.mean(pointing_game(cams[sel_keep], kb)))
@@ -786,7 +789,7 @@ def _pointing_text(t: dict[str, Any]) -> str:
 
 
 @torch.no_grad()
-def _accuracy(model: nn.Module, x: Tensor, y: Tensor, batch: int) -> float:
+def _accuracy(model: nn.Module, x: Tensor, y: Tensor, batch: int, device: torch.device) -> float:
     model.eval()
-    pred = torch.cat([model(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
+    pred = torch.cat([model(x[i:i + batch].to(device)).argmax(1).cpu() for i in range(0, len(x), batch)])
     return float((pred == y).float().mean())

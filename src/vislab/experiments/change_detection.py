@@ -418,7 +418,9 @@ class ChangeDetection(Experiment):
         ])
         thumbs = [_thumb(info["thumbnails"][n]) for split in ("train", "val", "test") for n in src[split]]
         titles = [f"{split}: {n}" for split in ("train", "val", "test") for n in src[split]]
-        rep.figure(figures.image_grid(thumbs, run.figure("dataset_sources.png"), titles=titles, ncols=8, cell=1.5),
+        colors = [{"train": "black", "val": "tab:blue", "test": "tab:red"}[t.split(":")[0]] for t in titles]
+        rep.figure(mosaic(thumbs, run.figure("dataset_sources.png"), titles=titles, ncols=8, cell=120,
+                          title_colors=colors),
                    "The source images and the split they belong to.")
         self._dataset_pairs_figure(rep, run, ds["train"])
 
@@ -478,7 +480,7 @@ class ChangeDetection(Experiment):
                 images += [p.images[i, 0].numpy(), p.images[i, 1].numpy()]
                 titles += [f"{name}: img1 ({p.source_names[int(p.source[i])]})",
                            f"img2: {_change_text(float(p.dx[i]), float(p.dy[i]), float(p.log_s[i]))}"]
-        rep.figure(figures.image_grid(images, run.figure("dataset_pairs.png"), titles=titles, ncols=4, cell=2.2),
+        rep.figure(mosaic(images, run.figure("dataset_pairs.png"), titles=titles, ncols=4, cell=150),
                    "Training pairs, two of each change type, with the change that made img2 (after the "
                    "photometric noise).")
 
@@ -507,7 +509,7 @@ class ChangeDetection(Experiment):
                        f"img2 warped back (hybrid {_change_text(reg.dx, reg.dy, math.log(reg.scale))})",
                        f"|img2 − img1| (mean {diff0.mean():.3f})",
                        f"|warped − img1| (mean {diff[valid].mean() if valid.any() else 0:.3f})"]
-        rep.figure(figures.image_grid(images, run.figure("examples.png"), titles=titles, ncols=5, cell=2.6),
+        rep.figure(mosaic(images, run.figure("examples.png"), titles=titles, ncols=5, cell=200),
                    "Test pairs: img1, img2 with the network's estimate, img2 mapped back into img1's frame with the "
                    "hybrid's estimate (black: outside img2), and the absolute differences before and after.")
 
@@ -584,7 +586,7 @@ def _binned(x: np.ndarray, y: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray
 def _error_figure(per_method: dict[str, dict[str, Any]], truth: dict[str, Tensor], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    from vislab.report.figures import _COLORS, _save
+    from vislab.report.figures import _COLORS
 
     mag = np.hypot(truth["dx"].numpy(), truth["dy"].numpy())
     s = np.exp(truth["log_s"].numpy())
@@ -604,14 +606,12 @@ def _error_figure(per_method: dict[str, dict[str, Any]], truth: dict[str, Tensor
         ax.set_ylabel(f"median {ylabel}")
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.14, top=0.97, wspace=0.25)
+    return _save_plain(fig, path)
 
 
 def _confusion_figure(per_method: dict[str, dict[str, Any]], path: Path) -> Path:
     import matplotlib.pyplot as plt
-
-    from vislab.report.figures import _save
 
     fig, axes = plt.subplots(1, len(METHODS), figsize=(3.6 * len(METHODS), 3.6))
     n = len(CHANGE_TYPES)
@@ -628,6 +628,57 @@ def _confusion_figure(per_method: dict[str, dict[str, Any]], path: Path) -> Path
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(f"{m} (acc {per_method[m]['type_accuracy']:.3f})", fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.16, top=0.92, wspace=0.35)
+    return _save_plain(fig, path)
+
+
+def _save_plain(fig: Any, path: Path, dpi: int = 100) -> Path:
+    """PNG without the tight bounding box pass (one render instead of two; the layout is set by hand)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from vislab.engine.run_dir import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)
+
+
+def mosaic(images: list[np.ndarray], path: Path, *, titles: list[str], ncols: int, cell: int = 128,
+           title_colors: list[str] | None = None) -> Path:
+    """Grayscale images (``[H, W]`` in [0, 1]) tiled into one picture, each fitted into a ``cell × cell``
+    square (aspect kept, bilinear), with a title above each: one axes, so it renders in a fraction of the
+    time of a grid of subplots."""
+    import matplotlib.pyplot as plt
+    from skimage.transform import resize
+
+    n = len(images)
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, math.ceil(n / ncols))
+    gap, top = 6, 16  # pixels between cells, and above each cell for its title
+    W = ncols * (cell + gap) + gap
+    H = nrows * (cell + gap + top) + gap
+    canvas = np.ones((H, W))
+    for k, img in enumerate(images):
+        img = np.asarray(img, dtype=np.float64)
+        h, w = img.shape
+        f = cell / max(h, w)
+        small = resize(img, (max(1, round(h * f)), max(1, round(w * f))), order=1, anti_aliasing=f < 1)
+        r, c = divmod(k, ncols)
+        y0 = gap + r * (cell + gap + top) + top + (cell - small.shape[0]) // 2
+        x0 = gap + c * (cell + gap) + (cell - small.shape[1]) // 2
+        canvas[y0:y0 + small.shape[0], x0:x0 + small.shape[1]] = np.clip(small, 0, 1)
+    dpi = 100
+    fig = plt.figure(figsize=(W / dpi, H / dpi), dpi=dpi)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(canvas, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
+    for k, t in enumerate(titles):
+        r, c = divmod(k, ncols)
+        ax.text(gap + c * (cell + gap) + cell / 2, gap + r * (cell + gap + top) + top - 3, t, ha="center",
+                va="bottom", fontsize=6.5, color=(title_colors[k] if title_colors else "black"), clip_on=True)
+    return _save_plain(fig, path, dpi=dpi)
 

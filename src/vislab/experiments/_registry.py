@@ -19,6 +19,9 @@ _EXPERIMENTS: dict[str, tuple[str, str]] = {
                          "hybrid (SPEC §6)"),
     "detection": ("vislab.experiments.detection:Detection",
                   "Faster R-CNN from its pieces vs torchvision's FasterRCNN on the same backbone (SPEC §7)"),
+    "sam-finetune": ("vislab.experiments.sam_finetune:SamFinetune",
+                     "SAM's prompt encoder and mask decoder fine-tuned with box prompts vs box and GrabCut baselines "
+                     "(SPEC §8)"),
     "vit": ("vislab.experiments.vit:VitExperiment",
             "Vision Transformer from scratch vs a small CNN: attention maps, rollout, patch shuffling (SPEC §9)"),
 }

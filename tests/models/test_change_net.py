@@ -15,7 +15,6 @@ from vislab.models.change import (
     change_loss,
     gate,
     local_correlation,
-    local_correlation_reference,
     standardize,
 )
 
@@ -55,12 +54,18 @@ def test_input_and_argument_errors():
 
 
 @pytest.mark.parametrize("d", [0, 1, 3])
-def test_local_correlation_matches_the_loop_and_a_hand_value(d):
+def test_local_correlation_matches_its_definition_and_a_hand_value(d):
     g = torch.Generator().manual_seed(d)
     f1, f2 = torch.randn(2, 5, 7, 6, generator=g), torch.randn(2, 5, 7, 6, generator=g)
     c = local_correlation(f1, f2, d)
     assert c.shape == (2, (2 * d + 1) ** 2, 7, 6)
-    torch.testing.assert_close(c, local_correlation_reference(f1, f2, d))
+    ref = torch.zeros_like(c)  # the definition, one position and displacement at a time
+    for k, (ddy, ddx) in enumerate((a, b) for a in range(-d, d + 1) for b in range(-d, d + 1)):
+        for y in range(7):
+            for x in range(6):
+                if 0 <= y + ddy < 7 and 0 <= x + ddx < 6:
+                    ref[:, k, y, x] = (f1[:, :, y, x] * f2[:, :, y + ddy, x + ddx]).sum(1) / 5
+    torch.testing.assert_close(c, ref)
     if d:
         k = (d + 1) * (2 * d + 1) + (d - 1)  # displacement (dy, dx) = (+1, -1), row-major over [-d, d]²
         expected = (f1[1, :, 3, 2] * f2[1, :, 4, 1]).sum() / 5
@@ -137,8 +142,10 @@ def test_gate_and_rebuild_from_config():
     net = ChangeNet(image_size=64, max_shift=8, arch="siamese", widths=(8, 16, 16), hidden=32, max_displacement=3)
     again = ChangeNet(**net.config())
     assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in again.state_dict().items()}
-    st = ChangeNet(image_size=96, max_shift=8, arch="stacked", widths=(8, 16, 16), hidden=32)
+    st = ChangeNet(image_size=96, max_shift=8, arch="stacked", widths=(8, 16, 16), hidden=32, coords=True)
+    assert st.config()["coords"] is True and st.config()["widths"] == [8, 16, 16]
     assert ChangeNet(**st.config()).state_dict().keys() == st.state_dict().keys()
+    assert st.trunk.body[0][0].in_channels == 4  # img1, img2, x, y
     d = {"dx": torch.tensor([1.0, 2.0, 3.0, 4.0]), "dy": torch.tensor([1.0, 2.0, 3.0, 4.0]),
          "log_s": torch.tensor([0.1, 0.1, 0.1, 0.1]), "scale": torch.full((4,), math.exp(0.1)),
          "type": torch.tensor([0, 1, 2, 3])}

@@ -169,11 +169,15 @@ class ChangeDetection(Experiment):
     demo_budget_s = 75.0
 
     def demo_overrides(self, quick: bool) -> dict[str, Any]:
-        small = {"image_size": 64, "max_shift": 8.0, "min_shift": 2.0, "widths": (16, 16, 32, 64), "hidden": 128,
-                 "batch_size": 64, "lr": 3e-3, "examples": 4}
+        # 64-px pairs (max shift 8 px, smallest changes 3 px and 10 %), the small stacked network, 5 epochs of
+        # 3000 pairs in batches of 32 with a one-cycle schedule. Measured on a heavily shared 2-core machine
+        # (seed 0, 512 held-out pairs): type accuracy 0.64 / 0.78 after epochs 2 / 3 (the full curve is in the
+        # helper's report); batches of 64 reached only 0.74 after 3 and 0.78 after 5 epochs.
+        small = {"image_size": 64, "max_shift": 8.0, "min_shift": 3.0, "min_scale": 1.1, "widths": (16, 16, 32, 64),
+                 "hidden": 256, "batch_size": 32, "lr": 3e-3, "examples": 4}
         if quick:
             return {**small, "epochs": 1, "n_train": 384, "n_val": 64, "n_test": 96, "examples": 2}
-        return {**small, "epochs": 5, "n_train": 3000, "n_val": 256, "n_test": 384}
+        return {**small, "epochs": 7, "n_train": 3000, "n_val": 256, "n_test": 384}
 
     # -- checks -----------------------------------------------------------------------------------
     def validate(self, cfg: ChangeDetectionConfig, data: str | None, root: str | None) -> None:
@@ -478,7 +482,7 @@ class ChangeDetection(Experiment):
             idx = (p.type == k).nonzero().flatten()[:2].tolist()
             for i in idx:
                 images += [p.images[i, 0].numpy(), p.images[i, 1].numpy()]
-                titles += [f"{name}: img1 ({p.source_names[int(p.source[i])]})",
+                titles += [f"{name}: img1 ({p.source_names[int(p.source[i])][:14]})",
                            f"img2: {_change_text(float(p.dx[i]), float(p.dy[i]), float(p.log_s[i]))}"]
         rep.figure(mosaic(images, run.figure("dataset_pairs.png"), titles=titles, ncols=4, cell=150),
                    "Training pairs, two of each change type, with the change that made img2 (after the "
@@ -504,14 +508,15 @@ class ChangeDetection(Experiment):
             diff = np.where(valid, np.abs(back - a), 0.0)
             nt = estimates["net"]
             images += [a, b, np.where(valid, back, 0.0), diff0, diff]
-            titles += [f"img1 — true {_change_text(float(p.dx[i]), float(p.dy[i]), float(p.log_s[i]))}",
-                       f"img2 — net {_change_text(float(nt['dx'][i]), float(nt['dy'][i]), float(nt['log_s'][i]))}",
-                       f"img2 warped back (hybrid {_change_text(reg.dx, reg.dy, math.log(reg.scale))})",
-                       f"|img2 − img1| (mean {diff0.mean():.3f})",
-                       f"|warped − img1| (mean {diff[valid].mean() if valid.any() else 0:.3f})"]
+            titles += [f"img1 · true {_change_text(float(p.dx[i]), float(p.dy[i]), float(p.log_s[i]))}",
+                       f"img2 · net {_change_text(float(nt['dx'][i]), float(nt['dy'][i]), float(nt['log_s'][i]))}",
+                       f"back · hybrid {_change_text(reg.dx, reg.dy, math.log(reg.scale))}",
+                       f"|img2 − img1|, mean {diff0.mean():.3f}",
+                       f"|back − img1|, mean {diff[valid].mean() if valid.any() else 0:.3f}"]
         rep.figure(mosaic(images, run.figure("examples.png"), titles=titles, ncols=5, cell=200),
-                   "Test pairs: img1, img2 with the network's estimate, img2 mapped back into img1's frame with the "
-                   "hybrid's estimate (black: outside img2), and the absolute differences before and after.")
+                   "Test pairs: img1 (with the true change), img2 (with the network's estimate), img2 mapped back "
+                   "into img1's frame with the hybrid's estimate (\"back\"; black: outside img2), and the absolute "
+                   "differences before and after.")
 
 
 def _change_text(dx: float, dy: float, log_s: float) -> str:
@@ -658,7 +663,7 @@ def mosaic(images: list[np.ndarray], path: Path, *, titles: list[str], ncols: in
     n = len(images)
     ncols = max(1, min(ncols, n))
     nrows = max(1, math.ceil(n / ncols))
-    gap, top = 6, 16  # pixels between cells, and above each cell for its title
+    gap, top = 10, 16  # pixels between cells, and above each cell for its title
     W = ncols * (cell + gap) + gap
     H = nrows * (cell + gap + top) + gap
     canvas = np.ones((H, W))

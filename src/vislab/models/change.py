@@ -24,22 +24,22 @@ contrast changes do not matter and the caller passes images in any range.
 Measured choice (``arch="stacked"`` is the default). Both trained on the same embedded pairs (64 px,
 max shift 8 px, min shift 2 px, scale in [1/1.3, 1.3], min 1.08; 3000 training pairs from 11 photographs,
 batch 64, AdamW with a one-cycle schedule peaking at 2e-3, the flip/transpose/swap augmentation,
-seed 0), evaluated after each epoch on 512 pairs from 3 held-out photographs; CPU seconds per epoch
-(two threads, measured on a machine shared with other jobs: compare them with each other only):
+seed 0), evaluated after each epoch on 512 pairs from 3 held-out photographs; the cost is one
+forward + backward pass per pair, single CPU thread, batch 32:
 
-===========================  ========  =====================  ==========================  ============
-arch (widths)                params    type acc, epoch 1 → 6  translation / scale median  CPU s/epoch
-===========================  ========  =====================  ==========================  ============
-stacked (16, 16, 32, 64)     343 k     0.49 → 0.77            0.45 / 0.90 % (gated, ep 6)  ≈ 35
-siamese (16, 32, 32), d = 5  347 k     0.25 (epoch 1)         1.70 px / — (epoch 1)       ≈ 135
-===========================  ========  =====================  ==========================  ============
+===========================  ========  =====================  ===========================  ===========
+arch (widths)                params    type acc, epoch 1 → 6  trans / scale median, ep. 6  ms per pair
+===========================  ========  =====================  ===========================  ===========
+stacked (16, 16, 32, 64)     343 k     0.49 → 0.77            0.45 px / 0.90 % (gated)     1.5
+siamese (16, 32, 32), d = 5  347 k     0.25 (epoch 1)         —                            7.9
+===========================  ========  =====================  ===========================  ===========
 
-At equal parameters the correlation layer costs about four times the CPU time of the whole stacked
-network (121 displacement products per position and their backward pass, against dense 3×3
-convolutions that oneDNN runs efficiently); at an equal CPU budget (four stacked epochs against one
-siamese epoch) the stacked network was at 0.75 type accuracy and the siamese one had not left chance
-(its type head still predicted a single class). The siamese network stays available (``arch``) for GPUs,
-where the correlation is cheap.
+At equal parameters the correlation layer makes the siamese network five times as expensive (121
+displacement products per position and their backward pass, against dense 3×3 convolutions that
+oneDNN runs efficiently); at an equal CPU budget (five stacked epochs against one siamese epoch) the
+stacked network was at 0.78 type accuracy and the siamese one had not left chance (its type head still
+predicted a single class, translation median 1.7 px). The siamese network stays available (``arch``)
+for GPUs, where the correlation is cheap.
 """
 
 from __future__ import annotations
@@ -76,6 +76,9 @@ def local_correlation(f1: Tensor, f2: Tensor, max_displacement: int) -> Tensor:
         max_displacement: ``d``; displacements ``(dx, dy)`` in ``[-d, d]²``, row-major (dy outer, dx inner).
     Returns:
         ``Tensor[B, (2d + 1)², H, W]``; positions of ``f2`` outside the map count as zero features.
+
+    One product of shifted maps per displacement: on the CPU this loop was 3× faster (forward + backward)
+    than gathering all displacements at once with ``unfold`` and one ``einsum``.
     """
     if f1.shape != f2.shape or f1.ndim != 4:
         raise ValueError(f"f1 and f2 must be Tensor[B, C, H, W] of one shape, got {tuple(f1.shape)} and "
@@ -83,17 +86,6 @@ def local_correlation(f1: Tensor, f2: Tensor, max_displacement: int) -> Tensor:
     d = int(max_displacement)
     if d < 0:
         raise ValueError(f"max_displacement must be >= 0, got {max_displacement}")
-    B, C, H, W = f1.shape
-    K = (2 * d + 1) ** 2
-    patches = F.unfold(f2, kernel_size=2 * d + 1, padding=d)  # (B, C·K, H·W): f2 around every position
-    patches = patches.view(B, C, K, H * W)  # (B, C, K, H·W), K row-major over (dy, dx)
-    corr = torch.einsum("bcn,bckn->bkn", f1.reshape(B, C, H * W), patches)  # (B, K, H·W)
-    return corr.view(B, K, H, W) / C  # (B, (2d+1)², H, W)
-
-
-def local_correlation_reference(f1: Tensor, f2: Tensor, max_displacement: int) -> Tensor:
-    """:func:`local_correlation` as a loop over the displacements (readable; tests compare the two)."""
-    d = int(max_displacement)
     B, C, H, W = f1.shape
     padded = F.pad(f2, (d, d, d, d))  # (B, C, H + 2d, W + 2d)
     out = [(f1 * padded[:, :, dy:dy + H, dx:dx + W]).sum(1) for dy in range(2 * d + 1) for dx in range(2 * d + 1)]
@@ -139,22 +131,30 @@ class StackedTrunk(nn.Module):
 
 
 class SiameseTrunk(nn.Module):
-    """Shared encoder (stride 4) per image, local correlation with coordinates, strided CNN, flattened.
+    """Shared encoder (stride 4 or 8) per image, local correlation with coordinates, strided CNN, flattened.
 
-    ``Tensor[B, 2, S, S]`` → ``Tensor[B, head_width · (S / 16)²]``.
+    ``Tensor[B, 2, S, S]`` → ``Tensor[B, head_width · (S / 16)²]``. ``stride`` is the feature stride at which
+    the correlation is computed (8: a quarter of the positions and about a quarter of the displacements).
     """
 
     def __init__(self, *, image_size: int, widths: Sequence[int] = (16, 32, 32), max_displacement: int = 6,
-                 head_width: int = 64) -> None:
+                 head_width: int = 64, stride: int = 4) -> None:
         super().__init__()
+        if stride not in (4, 8):
+            raise ValueError(f"stride must be 4 or 8, got {stride}")
         w1, w2, w3 = widths
-        self.encoder = nn.Sequential(_conv_bn(1, w1, kernel=5, stride=2), _conv_bn(w1, w2, stride=2), _conv_bn(w2, w3),
-                                     nn.Conv2d(w3, w3, 3, padding=1))
+        layers = [_conv_bn(1, w1, kernel=5, stride=2), _conv_bn(w1, w2, stride=2)]
+        if stride == 8:
+            layers.append(_conv_bn(w2, w2, stride=2))
+        self.encoder = nn.Sequential(*layers, _conv_bn(w2, w3), nn.Conv2d(w3, w3, 3, padding=1))
+        self.stride = stride
         self.max_displacement = int(max_displacement)
         k = (2 * self.max_displacement + 1) ** 2
-        self.head = nn.Sequential(_conv_bn(k + 2, head_width // 2, kernel=1),
-                                  _conv_bn(head_width // 2, head_width, stride=2),
-                                  _conv_bn(head_width, head_width, stride=2))
+        head: list[nn.Module] = [_conv_bn(k + 2, head_width // 2, kernel=1),
+                                 _conv_bn(head_width // 2, head_width, stride=2)]
+        if stride == 4:
+            head.append(_conv_bn(head_width, head_width, stride=2))
+        self.head = nn.Sequential(*head)
         self.side = image_size // 16
         if self.side < 1:
             raise ValueError(f"image_size {image_size} is too small for the siamese trunk (stride 16)")
@@ -162,10 +162,10 @@ class SiameseTrunk(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B = x.shape[0]
-        feats = self.encoder(x.reshape(B * 2, 1, *x.shape[2:]))  # (2B, C, S/4, S/4): both images, shared weights
+        feats = self.encoder(x.reshape(B * 2, 1, *x.shape[2:]))  # (2B, C, S/st, S/st): both images, shared weights
         feats = F.normalize(feats, dim=1)
-        f1, f2 = feats.reshape(B, 2, *feats.shape[1:]).unbind(1)  # (B, C, S/4, S/4) each
-        corr = local_correlation(f1, f2, self.max_displacement)  # (B, (2d+1)², S/4, S/4)
+        f1, f2 = feats.reshape(B, 2, *feats.shape[1:]).unbind(1)  # (B, C, S/st, S/st) each
+        corr = local_correlation(f1, f2, self.max_displacement)  # (B, (2d+1)², S/st, S/st)
         coords = coordinate_channels(B, corr.shape[2], corr.shape[3], device=x.device, dtype=x.dtype)
         return self.head(torch.cat([corr, coords], dim=1)).flatten(1)  # (B, head_width · (S/16)²)
 
@@ -185,13 +185,14 @@ class ChangeNet(nn.Module):
         dropout: dropout before the heads.
         coords: stacked only: two coordinate channels (x, y in [-1, 1]) added to the input (CoordConv), so
             the first convolutions can relate motion to the direction from the centre (a scaling).
+        corr_stride: siamese only: feature stride of the correlation, 4 or 8.
 
     ``forward(x: Tensor[B, 2, S, S]) -> Tensor[B, 7]``.
     """
 
     def __init__(self, *, image_size: int = 128, max_shift: float = 16.0, max_scale: float = 1.3,
                  arch: str = "stacked", widths: Sequence[int] | None = None, max_displacement: int | None = None,
-                 hidden: int = 256, dropout: float = 0.0, coords: bool = False) -> None:
+                 hidden: int = 256, dropout: float = 0.0, coords: bool = False, corr_stride: int = 4) -> None:
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
@@ -211,9 +212,9 @@ class ChangeNet(nn.Module):
                 raise ValueError(f"the siamese trunk takes 3 encoder widths, got {tuple(widths)}")
             if max_displacement is None:  # cover the largest motion: |t| + (s − 1)·(corner distance), in cells
                 motion = math.hypot(max_shift, max_shift) + (max_scale - 1) * image_size / math.sqrt(2)
-                max_displacement = max(2, math.ceil(motion / 4 * 0.75))
+                max_displacement = max(2, math.ceil(motion / corr_stride * 0.75))
             self.trunk = SiameseTrunk(image_size=image_size, widths=tuple(widths or (16, 32, 32)),
-                                      max_displacement=max_displacement)
+                                      max_displacement=max_displacement, stride=corr_stride)
         self.fc = nn.Sequential(nn.Linear(self.trunk.out_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
         self.reg = nn.Linear(hidden, 3)
         self.cls = nn.Linear(hidden, len(CHANGE_TYPES))
@@ -244,8 +245,10 @@ class ChangeNet(nn.Module):
         cfg: dict[str, Any] = {"image_size": self.image_size, "max_shift": self.max_shift, "max_scale": self.max_scale,
                                "arch": self.arch, "hidden": self.fc[0].out_features, "dropout": self.fc[2].p}
         if isinstance(t, SiameseTrunk):
-            cfg["widths"] = [t.encoder[0][0].out_channels, t.encoder[1][0].out_channels, t.encoder[2][0].out_channels]
+            convs = [m.out_channels for m in t.encoder.modules() if isinstance(m, nn.Conv2d)]
+            cfg["widths"] = [convs[0], convs[1], convs[-1]]
             cfg["max_displacement"] = t.max_displacement
+            cfg["corr_stride"] = t.stride
         else:
             cfg["widths"] = [m.out_channels for m in t.body.modules() if isinstance(m, nn.Conv2d)][1::2]
             cfg["coords"] = t.coords

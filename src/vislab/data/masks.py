@@ -37,7 +37,6 @@ import shutil
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -580,4 +579,3 @@ def write_scene_folder(root: str | Path, *, num_images: int = 400, size: int = 2
     return root
 
 
-PromptMode = Literal["component", "mask"]

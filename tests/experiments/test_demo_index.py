@@ -24,3 +24,13 @@ def test_lower_is_better_and_missing_metric():
     assert _headline(summary, ("translation_error_median", False)) == (
         "test translation error median (lower is better): net 0.800")
     assert _headline({"runs": {}}, ("iou", True)) == "no test mIoU"
+
+
+def test_the_demo_budgets_fit_the_twelve_minutes():
+    """Every registered experiment is in the demo with its own budget; together they leave room for the
+    demo's own work inside 12 minutes (the measured times are in the README)."""
+    from vislab.experiments import get_experiment, list_experiments
+
+    budgets = {name: get_experiment(name).demo_budget_s for name, _ in list_experiments()}
+    assert len(budgets) == 7 and all(b > 0 for b in budgets.values()), budgets
+    assert sum(budgets.values()) <= 12 * 60 - 30, budgets

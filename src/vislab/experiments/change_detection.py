@@ -166,7 +166,7 @@ class ChangeDetection(Experiment):
                  "t = (dx, dy) px (x right, y down): p in img1 appears at s·(p − c) + c + t in img2.")
     Config = ChangeDetectionConfig
     headline = ("type_accuracy", True)
-    demo_budget_s = 75.0
+    demo_budget_s = 50.0
 
     def demo_overrides(self, quick: bool) -> dict[str, Any]:
         # 64-px pairs (max shift 8 px, smallest changes 3 px and 10 %), the small stacked network, 5 epochs of

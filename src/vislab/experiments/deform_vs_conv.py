@@ -67,7 +67,7 @@ class DeformVsConv(Experiment):
                  "limit sizes with --set limit_train=N limit_test=N")
     Config = DeformVsConvConfig
     headline = ("map", True)
-    demo_budget_s = 120.0
+    demo_budget_s = 115.0
 
     def demo_overrides(self, quick: bool) -> dict[str, Any]:
         # The demo's share of its 10-minute budget on 2 CPU cores (about 3 minutes): 32-pixel canvases with

@@ -211,7 +211,7 @@ class DetectionModule(StructuredTaskModule):
 
 class Detection(Experiment):
     name = "detection"
-    demo_budget_s = 75.0
+    demo_budget_s = 65.0
     summary = "Faster R-CNN from its pieces vs torchvision's FasterRCNN on the same backbone (SPEC §7)"
     data_help = ("default: generated scenes (0-6 objects of 5 shape classes on scikit-image photographs, COCO-format "
                  "JSON in the cache); --data coco --root DIR: annotations/instances_{train,val}2017.json + "

@@ -73,7 +73,7 @@ class FolderClassifier(Experiment):
                  "five shapes on textured backgrounds, with object boxes for the pointing game")
     Config = FolderClassifierConfig
     headline = ("accuracy", True)
-    demo_budget_s = 150.0
+    demo_budget_s = 120.0
 
     def validate(self, cfg: FolderClassifierConfig, data: str | None, root: str | None) -> None:
         bad = [v for v in cfg.variants if v not in VARIANTS]

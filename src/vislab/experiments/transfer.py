@@ -234,7 +234,7 @@ class Transfer(Experiment):
                  "(--set classes=airplane,automobile), CIFAR's own test split; --root alone means cifar10-binary")
     Config = TransferConfig
     headline = ("accuracy", True)
-    demo_budget_s = 60.0
+    demo_budget_s = 50.0
 
     def __init__(self) -> None:
         # After run(): the trained classifiers and the initial (pretrained / random) weights, for inspection.

@@ -47,8 +47,8 @@ from torch import Tensor, nn
 
 from vislab.errors import UserError
 
-__all__ = ["MODEL_TYPES", "SAM_CHECKPOINT_URLS", "BoxPromptSam", "FineFeatures", "LiteImageEncoder", "SamDecoder", "SamEncoder",
-           "build_offline_sam", "lite0_stride16", "load_finetuned", "load_sam", "offline_box_sam",
+__all__ = ["MODEL_TYPES", "SAM_CHECKPOINT_URLS", "BoxPromptSam", "FineFeatures", "LiteImageEncoder", "SamDecoder",
+           "SamEncoder", "build_offline_sam", "lite0_stride16", "load_finetuned", "load_sam", "offline_box_sam",
            "official_box_sam", "predict_masks_batched"]
 
 MODEL_TYPES = ("vit_b", "vit_l", "vit_h")

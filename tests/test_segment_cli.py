@@ -85,3 +85,13 @@ def test_parse_box_and_wrong_checkpoint(tmp_path):
     torch.save({"state_dict": {}, "vislab": {"task": "detection"}}, other)
     with pytest.raises(UserError, match="not a checkpoint of the sam-finetune experiment"):
         load_finetuned(other)
+
+
+def test_sam_checkpoint_flag_reaches_the_loader():
+    """`--sam-checkpoint` (for checkpoints trained on SAM's own encoder) is parsed into args.sam_checkpoint."""
+    from vislab.cli import build_parser
+
+    args = build_parser().parse_args(["segment", "--checkpoint", "c.ckpt", "img.png", "--box", "1,2,3,4",
+                                      "--sam-checkpoint", "sam_vit_b_01ec64.pth"])
+    assert args.sam_checkpoint == "sam_vit_b_01ec64.pth"
+    assert build_parser().parse_args(["segment", "--checkpoint", "c", "i", "--box", "1,2,3,4"]).sam_checkpoint is None

@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a checkpoint written by `vislab run sam-finetune`")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--box", required=True, metavar="x0,y0,x1,y1", help="the prompt box in the image's pixels")
+    p.add_argument("--sam-checkpoint", default=None, metavar="PTH", dest="sam_checkpoint",
+                   help="the official SAM weights for a checkpoint fine-tuned on SAM's own encoder, when the file "
+                        "is no longer where training found it (not needed for the offline encoder)")
     p.add_argument("--out", default="segment", metavar="DIR", help="folder for the mask PNG and the overlay")
 
     p = sub.add_parser(

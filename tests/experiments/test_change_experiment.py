@@ -20,7 +20,7 @@ TINY = {"image_size": 64, "max_shift": 8.0, "min_shift": 2.0, "widths": (8, 8, 1
 
 
 def _run_with_instance(out: Path, overrides: dict, **opts) -> tuple[dict, ChangeDetection]:
-    """run_experiment through the real runner with this experiment (until the lead registers it)."""
+    """run_experiment through the real runner with this experiment."""
     exp = ChangeDetection()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("vislab.experiments.runner.get_experiment", lambda name: exp)

@@ -6,7 +6,7 @@ mask tinted and the box drawn). The box is in the image's pixels, continuous coo
 pixel columns 0..9 is ``x0 = 0, x1 = 10``). The model sees the image as it saw its training images:
 resized to the checkpoint's square ``image_size``; the mask logits are resized back to the image.
 An official-SAM checkpoint needs the SAM weights file it was trained on (recorded in the checkpoint;
-``args.sam_checkpoint``, when the parser provides it, overrides the path).
+``--sam-checkpoint PTH`` overrides the path).
 """
 
 from __future__ import annotations

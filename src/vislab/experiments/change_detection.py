@@ -169,10 +169,10 @@ class ChangeDetection(Experiment):
     demo_budget_s = 50.0
 
     def demo_overrides(self, quick: bool) -> dict[str, Any]:
-        # 64-px pairs (max shift 8 px, smallest changes 3 px and 10 %), the small stacked network, 5 epochs of
-        # 3000 pairs in batches of 32 with a one-cycle schedule. Measured on a heavily shared 2-core machine
-        # (seed 0, 512 held-out pairs): type accuracy 0.64 / 0.78 after epochs 2 / 3 (the full curve is in the
-        # helper's report); batches of 64 reached only 0.74 after 3 and 0.78 after 5 epochs.
+        # 64-px pairs (max shift 8 px, smallest changes 3 px and 10 %), the small stacked network, 7 epochs of
+        # 3000 pairs in batches of 32 with a one-cycle schedule (fresh-clone demo, 2 cores: type accuracy 0.852
+        # in 34 s). Earlier, on a heavily shared machine (seed 0, 512 held-out pairs): batches of 32 gave type
+        # accuracy 0.64 / 0.78 after epochs 2 / 3; batches of 64 only 0.74 after 3 and 0.78 after 5 epochs.
         small = {"image_size": 64, "max_shift": 8.0, "min_shift": 3.0, "min_scale": 1.1, "widths": (16, 16, 32, 64),
                  "hidden": 256, "batch_size": 32, "lr": 3e-3, "examples": 4}
         if quick:
@@ -295,7 +295,9 @@ class ChangeDetection(Experiment):
                                                  scale_threshold=scale_thr, pred_types=pred_types)
         runs: dict[str, Any] = {}
         for m in METHODS:
-            test_metrics = {**flat_metrics(per_method[m]), "ms_per_pair": ms[m]}
+            t_moved, s_moved = moved_medians(per_method[m], truth["type"])
+            test_metrics = {**flat_metrics(per_method[m]), "translation_error_median_shifted": t_moved,
+                            "scale_error_median_scaled": s_moved, "ms_per_pair": ms[m]}
             if m == "net":
                 runs[m] = {**net_run, "test": test_metrics}
             else:
@@ -450,7 +452,7 @@ class ChangeDetection(Experiment):
         rep.bullets(comparison_bullets(runs, {"type_accuracy": True, "translation_error_median": False,
                                               "translation_error_mean": False, "scale_error_median": False,
                                               "scale_error_mean": False, "ms_per_pair": False})
-                    + _per_type_bullets(per_method) + _target_bullets(per_method))
+                    + _per_type_bullets(per_method) + _target_bullets(per_method, _truth(ds["test"].targets)["type"]))
         rep.heading("Training")
         rows = [r for r in run.read_metrics() if r.get("variant") == "net"]
         curves_figure(rep, rows, ["loss", "type_accuracy", "translation_error_median", "scale_error_median"],
@@ -545,19 +547,34 @@ def _per_type_bullets(per_method: dict[str, dict[str, Any]]) -> list[str]:
     return out
 
 
-def _target_bullets(per_method: dict[str, dict[str, Any]]) -> list[str]:
-    """The issue's targets for the default run, checked on this run's numbers (whatever its settings)."""
+def moved_medians(metrics: dict[str, Any], true_type: Tensor) -> tuple[float, float]:
+    """Median translation error (px) over the pairs that were shifted (``shift``, ``both``) and median scale
+    error (%) over the pairs that were scaled (``scale``, ``both``): over all pairs the unchanged half makes
+    a method that never regresses a change look accurate."""
+    t = true_type.numpy()
+    shifted = np.isin(t, [CHANGE_TYPES.index("shift"), CHANGE_TYPES.index("both")])
+    scaled = np.isin(t, [CHANGE_TYPES.index("scale"), CHANGE_TYPES.index("both")])
+    te, se = metrics["translation_errors"], metrics["scale_errors"]
+    return (float(np.median(te[shifted])) if shifted.any() else float("nan"),
+            float(np.median(se[scaled])) if scaled.any() else float("nan"))
+
+
+def _target_bullets(per_method: dict[str, dict[str, Any]], true_type: Tensor) -> list[str]:
+    """The issue's targets for the default run, checked on this run's numbers (whatever its settings). The
+    network's error targets are checked on the pairs that carry that change (all pairs given beside them)."""
     pt = {m: per_method[m]["per_type"] for m in METHODS}
     net = per_method["net"]
+    t_moved, s_moved = moved_medians(net, true_type)
     checks = [
         ("phase correlation, median translation error on pure shifts", pt["phase"]["shift"]["translation_error_median"],
          "≤ 0.5 px", pt["phase"]["shift"]["translation_error_median"] <= 0.5),
         ("Fourier–Mellin, median scale error on pure scalings", pt["fourier_mellin"]["scale"]["scale_error_median"],
          "≤ 5 %", pt["fourier_mellin"]["scale"]["scale_error_median"] <= 5),
         ("network, type accuracy", net["type_accuracy"], "≥ 0.95", net["type_accuracy"] >= 0.95),
-        ("network, median translation error", net["translation_error_median"], "≤ 2 px",
-         net["translation_error_median"] <= 2),
-        ("network, median scale error", net["scale_error_median"], "≤ 3 %", net["scale_error_median"] <= 3),
+        (f"network, median translation error on shifted pairs (all pairs: {net['translation_error_median']:.3f})",
+         t_moved, "≤ 2 px", t_moved <= 2),
+        (f"network, median scale error on scaled pairs (all pairs: {net['scale_error_median']:.3f})", s_moved,
+         "≤ 3 %", s_moved <= 3),
     ]
     out = [f"Target — {label}: {value:.3f} (target {target}): **{'met' if ok else 'missed'}**."
            for label, value, target, ok in checks]

@@ -103,8 +103,9 @@ def run_experiment(opts: RunOptions) -> dict[str, Any]:
         import torch
 
         if opts.accelerator == "auto" and device == "cpu":
-            ctx.log("vislab: no GPU found; training on CPU "
-                    f"({torch.get_num_threads()} threads). Pass --accelerator gpu to require a GPU.")
+            n = torch.get_num_threads()
+            ctx.log(f"vislab: no GPU found; training on CPU ({n} thread{'s' if n != 1 else ''}). "
+                    "Pass --accelerator gpu to require a GPU.")
         run.write_json("env.json", environment_info(seed=cfg.seed, device=device))
         ctx.log(f"vislab: run folder {out}")
     t0 = time.perf_counter()

@@ -221,9 +221,9 @@ class Detection(Experiment):
     headline = ("map50", True)
 
     def demo_overrides(self, quick: bool) -> dict[str, Any]:
-        # Demo: fewer proposals and sampled RoIs, a 128-wide head, 2 epochs of 320 scenes. Measured (seed 0, one
-        # thread, on a 2-core machine shared with other jobs): test AP50 0.606 for both variants (identical runs),
-        # 80 s of CPU time for the whole run including scene generation and the report; --quick 15 s of CPU.
+        # Demo: fewer proposals and sampled RoIs, a 128-wide head, 2 epochs of 320 scenes. Fresh-clone demo (seed 0,
+        # 2 cores): test AP50 0.601 for both variants (identical runs), 51 s for the whole run including scene
+        # generation and the report; --quick 4 s.
         # The default (8 epochs of 1200 scenes): test AP50 0.876 ours, 0.864 torchvision, 18 min of CPU time.
         small = {"rpn_pre_nms_top_n_train": 1000, "rpn_post_nms_top_n_train": 300,
                  "rpn_pre_nms_top_n_test": 500, "rpn_post_nms_top_n_test": 100, "box_batch_size_per_image": 64,
@@ -451,8 +451,8 @@ class Detection(Experiment):
                          "(right; top 25 drawn). Ground truth in white.")
         path = _rois_figure(img, info, target, ctx.run.figure("pipeline_rois.png"))
         rep.figure(path, f"The RoIs a training step samples for the head from these proposals (ground-truth boxes "
-                         f"added): {len(info['rois_fg'])} foreground (IoU ≥ 0.5 with a box, green, labelled with its "
-                         f"class) and {len(info['rois_bg'])} background (IoU < 0.5, red).")
+                         f"added): {len(info['rois_fg'])} foreground (IoU ≥ 0.5 with a box, green) and "
+                         f"{len(info['rois_bg'])} background (IoU < 0.5, red); the ground-truth boxes dashed white.")
 
 
 def identical_sentence(runs: dict[str, Any]) -> list[str]:

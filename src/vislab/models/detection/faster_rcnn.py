@@ -251,7 +251,8 @@ class FasterRCNN(nn.Module):
         ``proposals_pre_nms`` / ``scores_pre_nms`` (the candidates entering NMS, sorted by score);
         ``proposals`` / ``scores`` (after NMS and the top-n cut); ``detections`` (as ``forward`` in eval mode);
         and with a target: ``anchors_positive`` / ``anchors_negative`` (the sampled anchors of the RPN loss),
-        ``rois_fg`` / ``rois_fg_labels`` / ``rois_bg`` (the sampled RoIs, gt boxes appended first).
+        ``rois_fg`` / ``rois_fg_labels`` / ``rois_bg`` (the sampled RoIs; the gt boxes join
+        the proposals before sampling).
         """
         _check_images_targets([image], [target] if target is not None else None, False, self.num_classes)
         was_training = self.training

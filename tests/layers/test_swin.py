@@ -142,6 +142,8 @@ def test_shifted_window_mask_by_hand():
     (lambda: window_partition(torch.zeros(1, 6, 8, 2), 4), r"the map 6x8 must be a multiple of the window size 4x4"),
     (lambda: window_reverse(torch.zeros(5, 2, 2, 1), 2, 4, 4), r"5 windows are not a whole number of 4x4 maps"),
     (lambda: SwinBlock(8, 8, 2, 4)(torch.zeros(1, 8, 8, 4)), r"expected Tensor\[B, 8, 8, 8\], got \(1, 8, 8, 4\)"),
+    (lambda: WindowAttention(8, 2, 4, head_dim=0), r"head_dim must be positive, got 0"),
+    (lambda: WindowAttention(8, 2, 4, out_dim=-3), r"out_dim must be positive, got -3"),
 ])
 def test_errors(call, match):
     with pytest.raises(ValueError, match=match):

@@ -244,6 +244,8 @@ def test_attention_with_custom_head_sizes():
     q, k = x @ wq[3:6].T + bq[3:6], x @ wk[3:6].T + bk[3:6]
     torch.testing.assert_close(w[:, 1], (q @ k.transpose(1, 2) / 3 ** 0.5).softmax(-1), rtol=0, atol=1e-6)
     assert wv.shape == (20, 20) and bv.shape == (20,)
+    with pytest.raises(ValueError, match="head_dim_qk must be a positive integer, got 0"):
+        MultiHeadSelfAttention(20, 4, head_dim_qk=0)  # 0 is an error, not "the default"
 
 
 def test_registry_builder_defaults():

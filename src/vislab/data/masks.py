@@ -47,7 +47,8 @@ from vislab.data.image_folder import IMAGE_EXTENSIONS
 from vislab.engine.run_dir import atomic_write_text
 from vislab.errors import UserError
 
-__all__ = ["PROMPT_MODES", "SCENE_SHAPES", "JointAugment", "MaskFolder", "MaskSample", "default_scene_dir",
+__all__ = ["PROMPT_MODES", "SCENE_SHAPES", "JointAugment", "MaskFolder", "MaskSample", "check_mask_folder",
+           "default_scene_dir",
            "instances_from_labels", "jitter_boxes", "jitter_for_size", "load_mask_folder", "mask_boxes",
            "pair_mask_folder", "read_mask", "render_scene", "split_samples", "write_scene_folder"]
 

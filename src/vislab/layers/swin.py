@@ -142,9 +142,12 @@ class WindowAttention(nn.Module):
         if min(self.window_size) < 1:
             raise ValueError(f"window_size must be positive, got {window_size!r}")
         self.window_area = self.window_size[0] * self.window_size[1]
-        self.head_dim = head_dim or dim // num_heads
-        self.head_dim_v = head_dim_v or self.head_dim
-        self.out_dim = out_dim or dim
+        self.head_dim = dim // num_heads if head_dim is None else head_dim
+        self.head_dim_v = self.head_dim if head_dim_v is None else head_dim_v
+        self.out_dim = dim if out_dim is None else out_dim
+        for name in ("head_dim", "head_dim_v", "out_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         self.scale = self.head_dim ** -0.5
         self.fused = True
         mh, mw = self.window_size

@@ -78,8 +78,8 @@ class MultiHeadSelfAttention(nn.Module):
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         self.embed_dim = embed_dim
         self.num_heads = num_heads
-        self.head_dim_qk = _positive_int("head_dim_qk", head_dim_qk or embed_dim // num_heads)
-        self.head_dim_v = _positive_int("head_dim_v", head_dim_v or embed_dim // num_heads)
+        self.head_dim_qk = _positive_int("head_dim_qk", embed_dim // num_heads if head_dim_qk is None else head_dim_qk)
+        self.head_dim_v = _positive_int("head_dim_v", embed_dim // num_heads if head_dim_v is None else head_dim_v)
         self.out_dim = _positive_int("out_dim", out_dim or embed_dim)
         self.dropout = dropout
         self.scale = self.head_dim_qk ** -0.5
@@ -355,7 +355,8 @@ def load_vit_state_dict(model: VisionTransformer, state: Mapping[str, Tensor], *
 def vit(*, image_size: int = 32, patch_size: int = 4, num_layers: int = 6, num_heads: int = 4, hidden_dim: int = 96,
         mlp_dim: int = 192, num_classes: int = 10, dropout: float = 0.0,
         attention_dropout: float = 0.0) -> VisionTransformer:
-    """A small ViT for 32-px images (the ``vit`` experiment's default size); every size is a keyword."""
+    """A small ViT for 32-px images (CIFAR-10 at its own resolution; the ``vit`` experiment's shapes default to
+    16 px, patch 2, width 64); every size is a keyword."""
     return VisionTransformer(image_size, patch_size, num_layers, num_heads, hidden_dim, mlp_dim,
                              num_classes=num_classes, dropout=dropout, attention_dropout=attention_dropout)
 

@@ -16,6 +16,7 @@ from vislab.ops.registration import (
     hybrid,
     log_polar_spectrum,
     phase_correlation,
+    refine_direct,
     refine_scale,
     rescale_about_centre,
     shift_after_unscale,
@@ -100,10 +101,47 @@ def test_hybrid_refines_a_rough_scale_and_finds_the_shift():
     assert refine_scale(img1, img2, 0.9, search=0.02) == pytest.approx(0.9 * math.exp(0.02), rel=0.01)  # band edge
     # a pure shift: the refined scale is below the threshold, nothing is undone, phase correlation decides
     img1, img2 = render_pair(_photo(), (250.0, 250.0), dx=-3.0, dy=2.5, scale=1.0, size=128)
-    r = hybrid(img1, img2, scale=1.02, scale_threshold=math.log(1.08) / 2)
+    r = hybrid(img1, img2, scale=1.02, scale_threshold=math.log(1.08) / 2, direct=False)
     assert r.scale == 1.0 and (r.dx, r.dy) == pytest.approx((-3.0, 2.5), abs=0.15)
     pc = phase_correlation(img1, img2)
     assert (r.dx, r.dy) == (pc.dx, pc.dy)
+    # with the direct refinement (the default) the pure shift stays a pure shift, found more precisely
+    d = hybrid(img1, img2, scale=1.02, scale_threshold=math.log(1.08) / 2)
+    assert d.scale == 1.0 and (d.dx, d.dy) == pytest.approx((-3.0, 2.5), abs=0.05)
+    assert math.hypot(d.dx + 3.0, d.dy - 2.5) < math.hypot(pc.dx + 3.0, pc.dy - 2.5)
+
+
+@pytest.mark.parametrize("s, dx, dy", [(1.17, 5.3, -2.6), (0.88, -4.4, 7.1), (1.0, 2.35, -1.7), (1.09, 0.0, 0.0)])
+def test_refine_direct_converges_to_the_true_change_from_a_rough_start(s, dx, dy):
+    img1, img2 = render_pair(_photo(), (250.0, 260.0), dx=dx, dy=dy, scale=s, size=128)
+    img2 = 0.8 * img2 + 0.1  # a contrast and brightness change: the gain and offset absorb it
+    start = Registration(dx + 0.8, dy - 0.6, s * 1.01)
+    r = refine_direct(img1, img2, start)
+    assert (r.dx, r.dy) == pytest.approx((dx, dy), abs=0.03)
+    assert r.scale == pytest.approx(s, rel=3e-4)
+    fixed = refine_direct(img1, img2, Registration(dx + 0.5, dy, 1.0), fit_scale=False)
+    assert fixed.scale == 1.0
+    if s == 1.0:
+        assert (fixed.dx, fixed.dy) == pytest.approx((dx, dy), abs=0.03)
+
+
+def test_refine_direct_keeps_the_start_when_it_diverges_or_cannot_improve():
+    img1, img2 = render_pair(_photo(), (250.0, 260.0), dx=3.0, dy=-2.0, scale=1.1, size=128)
+    far = Registration(-20.0, 15.0, 0.8)  # nowhere near: the steps would run off, or not lower the residual
+    r = refine_direct(img1, img2, far, max_step=1.0)
+    assert (r.dx, r.dy, r.scale) == (far.dx, far.dy, far.scale)
+    noise = np.random.default_rng(0).random((64, 64))
+    same = refine_direct(noise, noise, Registration(0.0, 0.0, 1.0))
+    assert math.hypot(same.dx, same.dy) < 1e-6 and same.scale == pytest.approx(1.0, abs=1e-8)
+
+
+def test_hybrid_reports_no_shift_below_the_shift_threshold():
+    img1, img2 = render_pair(_photo(), (250.0, 250.0), dx=0.0, dy=0.0, scale=1.2, size=128)
+    img2 = img2 + np.random.default_rng(1).normal(0, 0.02, img2.shape)
+    raw = hybrid(img1, img2, scale=1.21)
+    assert 0 < math.hypot(raw.dx, raw.dy) < 0.2 and raw.scale == pytest.approx(1.2, rel=1e-3)
+    snapped = hybrid(img1, img2, scale=1.21, shift_threshold=2.0)
+    assert (snapped.dx, snapped.dy) == (0.0, 0.0) and snapped.scale == raw.scale
 
 
 def test_log_polar_grid_equals_warp_polar():
@@ -148,6 +186,10 @@ def test_argument_errors():
         phase_correlation(a, np.full((32, 32), np.nan))
     with pytest.raises(ValueError, match="positive finite"):
         hybrid(a, a, scale=0.0)
+    with pytest.raises(ValueError, match="positive finite"):
+        refine_direct(a, a, Registration(0.0, 0.0, -1.0))
+    with pytest.raises(ValueError, match="iterations >= 1"):
+        refine_direct(a, a, Registration(0.0, 0.0, 1.0), iterations=0)
     with pytest.raises(ValueError, match="upsample_factor"):
         phase_correlation(a, a, upsample_factor=0)
     with pytest.raises(ValueError, match="angles must be an even number"):

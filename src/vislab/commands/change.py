@@ -127,7 +127,9 @@ def estimate_change(img1: np.ndarray, img2: np.ndarray, *, method: str, model: A
                     "method": method}
         if method == "hybrid":
             e = net_estimate(model, img1, img2)
-            r = hybrid(img1, img2, scale=e["scale"], scale_threshold=scale_thr, upsample_factor=upsample_factor)
+            r = hybrid(img1, img2, scale=e["scale"], scale_threshold=scale_thr, shift_threshold=shift_thr,
+                       search=float((meta or {}).get("hybrid_search", 0.05)),
+                       direct=bool((meta or {}).get("hybrid_direct", True)), upsample_factor=upsample_factor)
         elif method == "phase":
             r = phase_correlation(img1, img2, upsample_factor=upsample_factor)
         else:

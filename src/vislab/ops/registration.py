@@ -13,8 +13,9 @@ estimate of ``(dx, dy, s)`` in this convention, as a :class:`Registration`.
   of the (windowed, high-passed) magnitude spectrum both become shifts, found by phase correlation:
   ``log s`` along the log-radius axis, the rotation along the angle axis (reported, modulo 180°, but
   not part of the convention). The scale is then undone and phase correlation gives the shift.
-* :func:`hybrid` — the scale comes from elsewhere (the change-detection network), is undone, and
-  phase correlation gives the sub-pixel shift.
+* :func:`hybrid` — the scale comes from elsewhere (the change-detection network), is refined on the
+  log-polar spectra and undone, phase correlation gives the sub-pixel shift, and :func:`refine_direct`
+  (Lucas–Kanade: Gauss–Newton on the pixels, with gain and offset) polishes shift and scale together.
 
 Undoing a scale ``s`` resamples the image that gets *enlarged* (``img1`` by ``s`` when ``s >= 1``, else
 ``img2`` by ``1/s``), so the resampled image never needs pixels from outside its frame.
@@ -318,18 +319,119 @@ def refine_scale(img1: Any, img2: Any, scale: float, *, search: float = 0.05, an
     return math.exp(v / k)
 
 
+def refine_direct(img1: Any, img2: Any, init: Registration, *, fit_scale: bool = True, sigma: float = 1.0,
+                  iterations: int = 30, tol: float = 1e-4, max_step: float = 2.0) -> Registration:
+    """Direct (pixel-domain) refinement of an estimate: Gauss–Newton on the sum of squared differences
+    (Lucas & Kanade 1981; Baker & Matthews 2004, "forwards additive"), with a gain and an offset for brightness
+    and contrast changes.
+
+    Minimises ``Σ_p [img1(p) − (g · img2(W(p)) + o)]²`` over ``θ = (dx, dy, log s, g, o)`` where
+    ``W(p) = s·(p − c) + c + t`` (the convention of this module) and ``p`` runs over the pixels whose ``W(p)`` lies
+    inside img2 (a margin of one pixel), both images smoothed by a Gaussian of ``sigma`` px first. The Fourier
+    methods are limited by their sampling (log-polar bins, the upsampled DFT's grid, the Hann window's weighting
+    of the frame); this uses every overlapping pixel at its own position, so from a start within a pixel or two it
+    converges to the least-squares estimate.
+
+    Args:
+        img1, img2: grayscale images ``[H, W]`` of the same size.
+        init: the starting estimate (``dx, dy, scale``).
+        fit_scale: ``False`` keeps ``init.scale`` fixed (only the shift, gain and offset are fitted).
+        sigma: Gaussian smoothing of both images (px); widens the basin of convergence, and noise matters less.
+        iterations, tol: at most this many steps; stop when a step moves the shift by < ``tol`` px and log s by
+            < ``tol`` / 100.
+        max_step: a result more than this many pixels (shift, or the scale's displacement at the frame's corner)
+            from ``init`` is a divergence, and ``init`` is returned unchanged; so is one whose residual is not
+            below ``init``'s.
+
+    Returns:
+        ``Registration(dx, dy, scale)``.
+    """
+    from scipy.ndimage import gaussian_filter, map_coordinates, spline_filter
+
+    a, b = _pair(img1, img2)
+    if not math.isfinite(init.scale) or init.scale <= 0:
+        raise ValueError(f"init.scale must be a positive finite number, got {init.scale}")
+    if sigma < 0 or iterations < 1 or tol <= 0 or max_step <= 0:
+        raise ValueError(f"need sigma >= 0, iterations >= 1, tol > 0, max_step > 0; got {sigma}, {iterations}, "
+                         f"{tol}, {max_step}")
+    if sigma > 0:
+        a, b = gaussian_filter(a, sigma), gaussian_filter(b, sigma)
+    H, W = a.shape
+    cy, cx = (H - 1) / 2, (W - 1) / 2
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
+    ux, uy = (xx - cx).ravel(), (yy - cy).ravel()
+    av = a.ravel()
+    coeffs = spline_filter(b, order=3)  # cubic B-spline coefficients: values and exact derivatives
+    gy, gx = np.gradient(b)
+    radius = math.hypot(cx, cy)
+
+    def residual(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        s = math.exp(theta[2])
+        sx, sy = s * ux + cx + theta[0], s * uy + cy + theta[1]
+        ok = (sx >= 1) & (sx <= W - 2) & (sy >= 1) & (sy <= H - 2)
+        pts = [sy[ok], sx[ok]]
+        warped = map_coordinates(coeffs, pts, order=3, prefilter=False)
+        r = av[ok] - (theta[3] * warped + theta[4])
+        return r, ok, warped, map_coordinates(gx, pts, order=1), map_coordinates(gy, pts, order=1)
+
+    def cost(r: np.ndarray) -> float:
+        return float(np.mean(r * r)) if r.size else math.inf
+
+    start = np.array([init.dx, init.dy, math.log(init.scale), 1.0, 0.0])
+    r, ok, warped, wx, wy = residual(start)
+    if r.size < 16:  # no overlap worth fitting
+        return Registration(init.dx, init.dy, init.scale)
+    # gain and offset at the start: the least-squares fit of img1 by img2 warped
+    A0 = np.stack([warped, np.ones_like(warped)], 1)
+    start[3:] = np.linalg.lstsq(A0, av[ok], rcond=None)[0]
+    r, ok, warped, wx, wy = residual(start)
+    start_cost = cost(r)
+    theta = start.copy()
+    free = [0, 1, 2, 3, 4] if fit_scale else [0, 1, 3, 4]
+    for _ in range(iterations):
+        s, g = math.exp(theta[2]), theta[3]
+        J = np.stack([g * wx, g * wy, g * s * (wx * ux[ok] + wy * uy[ok]), warped, np.ones_like(warped)], 1)[:, free]
+        step = np.linalg.lstsq(J, r, rcond=None)[0]
+        theta[free] += step
+        r, ok, warped, wx, wy = residual(theta)
+        if r.size < 16:
+            return Registration(init.dx, init.dy, init.scale)
+        if math.hypot(step[0], step[1]) < tol and (not fit_scale or abs(step[2]) < tol / 100):
+            break
+    moved = math.hypot(theta[0] - start[0], theta[1] - start[1]) + radius * abs(math.expm1(theta[2] - start[2]))
+    if not np.isfinite(theta).all() or moved > max_step or cost(r) >= start_cost:
+        return Registration(init.dx, init.dy, init.scale)
+    return Registration(float(theta[0]), float(theta[1]), math.exp(float(theta[2])))
+
+
 def hybrid(img1: Any, img2: Any, *, scale: float, refine: bool = True, search: float = 0.05,
-           scale_threshold: float | None = None, upsample_factor: int = 20, window: bool = True) -> Registration:
-    """A first scale estimate from elsewhere (the change-detection network) is refined on the log-polar
-    spectra (:func:`refine_scale`, within ``±search`` in log s; ``refine=False`` keeps it), set to 1 when
-    ``|log s| < scale_threshold`` (no scaling detected: nothing is undone), undone, and phase correlation
-    gives the sub-pixel shift: ``Registration(dx, dy, scale)``."""
+           scale_threshold: float | None = None, shift_threshold: float | None = None, direct: bool = True,
+           upsample_factor: int = 20, window: bool = True) -> Registration:
+    """A first scale estimate from elsewhere (the change-detection network), made precise in three steps:
+
+    1. the scale is refined on the log-polar spectra (:func:`refine_scale`, within ``±search`` in log s;
+       ``refine=False`` keeps it) and set to 1 when ``|log s| < scale_threshold`` (no scaling detected);
+    2. the scale is undone and phase correlation gives the sub-pixel shift;
+    3. ``direct=True``: :func:`refine_direct` refines shift and scale together on the pixels (the scale stays 1
+       when step 1 found none); then the shift is set to 0 when ``|t| < shift_threshold`` (no shift detected), so
+       that the estimate says what the change type from the same thresholds says.
+
+    Returns ``Registration(dx, dy, s)``.
+    """
     a, b = _pair(img1, img2)
     s = refine_scale(a, b, scale, search=search, upsample_factor=upsample_factor) if refine else float(scale)
-    if scale_threshold is not None and abs(math.log(s)) < scale_threshold:
+    no_scale = scale_threshold is not None and abs(math.log(s)) < scale_threshold
+    if no_scale:
         s = 1.0
     dx, dy = shift_after_unscale(a, b, s, upsample_factor=upsample_factor, window=window)
-    return Registration(dx, dy, float(s))
+    reg = Registration(dx, dy, float(s))
+    if direct:
+        reg = refine_direct(a, b, reg, fit_scale=not no_scale)
+        if scale_threshold is not None and abs(math.log(reg.scale)) < scale_threshold:  # the pixels undid it
+            reg = refine_direct(a, b, Registration(reg.dx, reg.dy, 1.0), fit_scale=False)
+    if shift_threshold is not None and math.hypot(reg.dx, reg.dy) < shift_threshold:
+        reg = Registration(0.0, 0.0, reg.scale)
+    return reg
 
 
 def warp_back(img2: Any, reg: Registration, *, order: int = 1) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from vislab.data.augment import RandomAffineBatch
+from vislab.data.augment import RandomAffineBatch, RandomDihedralShiftBatch
 
 
 def test_zero_ranges_are_identity():
@@ -41,3 +41,50 @@ def test_eval_mode_and_errors():
         RandomAffineBatch().train()(x[0])
     with pytest.raises(ValueError, match="zoom must be < 1"):
         RandomAffineBatch(zoom=1.5)
+
+
+def _dihedral(x: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 symmetries of a square image ``Tensor[C, S, S]``."""
+    out = []
+    for t in (x, x.transpose(-1, -2)):
+        out += [t, t.flip(-1), t.flip(-2), t.flip(-1).flip(-2)]
+    return out
+
+
+def test_dihedral_without_shift_gives_each_of_the_8_symmetries_exactly():
+    x = torch.randn(200, 3, 6, 6)
+    y = RandomDihedralShiftBatch(shift=0).train()(x, generator=torch.Generator().manual_seed(0))
+    seen = set()
+    for i in range(len(x)):
+        k = [j for j, t in enumerate(_dihedral(x[i])) if torch.equal(y[i], t)]
+        assert k, f"image {i} is not a symmetry of its input"
+        seen.add(k[0])
+    assert seen == set(range(8))
+
+
+def test_shift_moves_content_by_whole_pixels_repeating_the_border():
+    x = torch.randn(300, 2, 7, 7)
+    aug = RandomDihedralShiftBatch(shift=2, dihedral=False).train()
+    y = aug(x, generator=torch.Generator().manual_seed(3))
+    shifts = set()
+    for i in range(len(x)):
+        found = None
+        for t in (x[i], x[i].flip(-1)):
+            for dx in range(-2, 3):
+                for dy in range(-2, 3):
+                    rows = (torch.arange(7) - dy).clamp(0, 6)
+                    cols = (torch.arange(7) - dx).clamp(0, 6)
+                    if torch.equal(y[i], t[:, rows][:, :, cols]):
+                        found = (dx, dy)
+        assert found is not None, i
+        shifts.add(found)
+    assert len(shifts) == 25  # every shift in [-2, 2]² occurs
+
+
+def test_sharp_augmentation_is_identity_in_eval_and_checks_its_arguments():
+    x = torch.randn(4, 3, 8, 8)
+    assert torch.equal(RandomDihedralShiftBatch().eval()(x), x)
+    with pytest.raises(ValueError, match="whole number of pixels"):
+        RandomDihedralShiftBatch(shift=1.5)
+    with pytest.raises(ValueError, match=r"Tensor\[B, C, H, W\]"):
+        RandomDihedralShiftBatch().train()(torch.randn(3, 8, 8))

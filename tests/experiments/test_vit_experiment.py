@@ -56,6 +56,8 @@ def test_shapes_run_folder_summary_and_report(shapes_run):
     assert (saved["data"]["train"], saved["data"]["val"], saved["data"]["test"]) == (50, 5, 5)
     assert 0 < saved["data"]["pointing_game_chance"] < 1
     assert list(saved["runs"]) == ["vit", "small_cnn"]
+    md = (out / "report.md").read_text()
+    assert "sharp augmentation (8 symmetries of the square" in md and "best val accuracy" in md
     for v, r in saved["runs"].items():
         assert set(r) >= {"params", "epochs", "train", "val", "test", "time"}, v
         assert set(r["time"]) >= {"fit_s", "epoch_s_mean", "step_ms_mean"}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from vislab.errors import UserError
@@ -137,6 +138,41 @@ def test_data_folder_never_generated(tmp_path):
     assert set(summary["per_shape"]) == {"object"} and "speedup" not in summary["cache"]
     md = (tmp_path / "run" / "report.md").read_text()
     assert "images/broken.png" in md and "3 file(s) were skipped" in md
+
+
+def test_init_from_an_earlier_run_fine_tunes_it_with_a_zero_shot_row(tiny_run, tmp_path):
+    """``init``: an unseen folder fine-tuned from the generated-scenes checkpoint; the zero_shot row is that
+    checkpoint's model on the same test prompts, evaluated before any training step."""
+    from vislab.models.sam import load_finetuned
+
+    out, _, _ = tiny_run
+    ckpt = out / "checkpoints/finetuned/best.ckpt"
+    data = _unseen_folder(tmp_path / "coins", size=64)
+    summary, exp = _run(tmp_path / "run", {"image_size": 64, "epochs": 1, "aug_copies": 1, "batch_size": 8,
+                                           "figure_prompts": 2, "grabcut_iters": 1, "test_fraction": 0.2,
+                                           "time_uncached": False, "init": str(ckpt)}, data=str(data))
+    assert list(summary["runs"]) == ["finetuned", "zero_shot", "box", "grabcut"]
+    assert summary["encoder"]["init"] == str(ckpt) and summary["runs"]["zero_shot"]["epochs"] == 0
+    init = load_finetuned(ckpt)
+    for k, v in init.decoder.state_dict().items():  # the run started from these weights and then trained
+        assert v.shape == exp.model.decoder.state_dict()[k].shape
+    assert any(not torch.equal(v, exp.model.decoder.state_dict()[k]) for k, v in init.decoder.state_dict().items()
+               if v.is_floating_point())
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "before this fine-tuning" in md and "zero_shot" in md
+
+
+def test_init_checks_before_any_work(tiny_run, tmp_path):
+    out, _, _ = tiny_run
+    ckpt = str(out / "checkpoints/finetuned/best.ckpt")
+    with pytest.raises(UserError, match="was trained at image_size 64; pass --set image_size=64"):
+        _validate({"init": ckpt, "image_size": 96})
+    with pytest.raises(UserError, match="does not exist"):
+        _validate({"init": str(tmp_path / "none.ckpt")})
+    bad = tmp_path / "other.ckpt"
+    torch.save({"vislab": {"task": "classification"}, "state_dict": {}}, bad)
+    with pytest.raises(UserError, match="not a checkpoint of the sam-finetune experiment"):
+        _validate({"init": str(bad), "image_size": 64})
 
 
 def _document_folder(root: Path, n: int, size: int = 96, seed: int = 0) -> Path:

@@ -16,8 +16,8 @@ What runs:
   ``vislab.losses.DiceCELoss`` on the logits; AdamW; the prompt encoder frozen; IoU and Dice per epoch;
   early stopping and the best checkpoint on validation IoU.
 * **rows on the same test prompts**: ``finetuned``; ``zero_shot`` (the official SAM before fine-tuning,
-  only with ``sam_checkpoint``); ``box`` (the prompt box filled) and ``grabcut`` (OpenCV GrabCut from
-  the same box).
+  with ``sam_checkpoint``, or the ``init`` checkpoint before fine-tuning); ``box`` (the prompt box filled)
+  and ``grabcut`` (OpenCV GrabCut from the same box).
 
 Data: ``--data DIR`` with ``images/`` + ``masks/`` (``vislab.data.masks``); default: generated scenes of
 rings, bands, blobs and stars on scikit-image photos, written once to the cache folder as such a folder.
@@ -92,6 +92,8 @@ class SamFinetuneConfig(CommonConfig):
     grabcut_iters: int = 5  # GrabCut iterations of the grabcut baseline
     sam_checkpoint: str | None = None  # official SAM weights (sam_vit_b_01ec64.pth...): ViT encoder + zero_shot row
     model_type: Literal["vit_b", "vit_l", "vit_h"] = "vit_b"  # the architecture of sam_checkpoint
+    init: str | None = None  # start from an earlier sam-finetune checkpoint (its best.ckpt): its encoder settings
+    # are used, and a zero_shot row shows that model before this fine-tuning (offline, the role of SAM's own weights)
     time_uncached: bool = True  # also time an epoch with and one without the cache (re-augment + re-encode)
     time_fraction: float = 1.0  # those two timed epochs run over this fraction of the training images (scaled up)
     figure_prompts: int = 8  # test prompts shown in the four-column figure
@@ -469,6 +471,16 @@ class SamFinetune(Experiment):
             raise UserError(f"brightness and contrast must be >= 0, got {cfg.brightness}, {cfg.contrast}")
         if cfg.model_type not in MODEL_TYPES:
             raise UserError(f"model_type must be one of {', '.join(MODEL_TYPES)}, got {cfg.model_type!r}")
+        if cfg.init is not None:
+            from vislab.models.sam import read_finetuned
+
+            _, meta = read_finetuned(cfg.init)
+            if int(meta["image_size"]) != s:
+                raise UserError(f"init {cfg.init} was trained at image_size {meta['image_size']}; pass --set "
+                                f"image_size={meta['image_size']} (got {s})")
+            if meta.get("kind") == "official" and not (cfg.sam_checkpoint or Path(meta["sam_checkpoint"]).is_file()):
+                raise UserError(f"init {cfg.init} was trained on the official SAM encoder; its weights file "
+                                f"{meta['sam_checkpoint']} is gone: pass --set sam_checkpoint=FILE")
         if cfg.sam_checkpoint is not None and not Path(cfg.sam_checkpoint).is_file():
             raise UserError(f"sam_checkpoint {cfg.sam_checkpoint} does not exist; download the official "
                             f"{cfg.model_type} weights from {SAM_CHECKPOINT_URLS[cfg.model_type]} and pass its path")
@@ -515,7 +527,7 @@ class SamFinetune(Experiment):
                 f"{len(pv['test'].features)} test images encoded in {cache_s:.1f} s; prompts: train "
                 f"{len(train_set)}, val {len(val_set)}, test {len(test_set)}")
 
-        zero_decoder = copy.deepcopy(model.decoder) if model.kind == "official" else None
+        zero_decoder = copy.deepcopy(model.decoder) if model.kind == "official" or cfg.init else None
 
         # -- fine-tuning --------------------------------------------------------------------------
         seed_everything(cfg.seed)
@@ -527,7 +539,7 @@ class SamFinetune(Experiment):
         meta = {"task": "sam-finetune", "kind": model.kind, "model_type": model.model_type,
                 "sam_checkpoint": str(Path(cfg.sam_checkpoint).resolve()) if cfg.sam_checkpoint else None,
                 "image_size": cfg.image_size, "encoder_size": model.encoder.input_size, "fine": model.decoder.fine,
-                "encoder": model.describe(),
+                "encoder": model.describe(), "init": str(Path(cfg.init).resolve()) if cfg.init else None,
                 "contains": "the decoder half (neck, fine projection, prompt encoder, mask decoder) as model.*"}
         module = SamDecoderTask(model.decoder, train_set=train_set, schedule=cfg.schedule, lr=cfg.lr,
                                 weight_decay=cfg.weight_decay, lr_patience=cfg.lr_patience, lr_factor=cfg.lr_factor,
@@ -613,7 +625,7 @@ class SamFinetune(Experiment):
                      "image_size": cfg.image_size, "prompt": cfg.prompt,
                      "jitter_px": round(jitter, 3), "skipped": [list(s) for s in data.folder.skipped]},
             "encoder": {"kind": model.kind, "model_type": model.model_type, "weights": model.weights,
-                        "description": model.describe()},
+                        "description": model.describe(), "init": cfg.init},
             "runs": rows,
             "per_shape": per_shape,
             "cache": cache,
@@ -629,6 +641,10 @@ class SamFinetune(Experiment):
     def _build_model(self, cfg: SamFinetuneConfig) -> BoxPromptSam:
         from vislab.models.sam import official_box_sam, offline_box_sam
 
+        if cfg.init:
+            from vislab.models.sam import load_finetuned
+
+            return load_finetuned(cfg.init, sam_checkpoint=cfg.sam_checkpoint)
         if cfg.sam_checkpoint:
             return official_box_sam(cfg.model_type, cfg.sam_checkpoint, image_size=cfg.image_size)
         return offline_box_sam(cfg.image_size, encoder_size=cfg.encoder_size, pretrained=True, fine=cfg.fine_features)
@@ -688,6 +704,8 @@ class SamFinetune(Experiment):
         rep.text(f"**Image encoder that ran:** {model.describe()}. "
                  + ("SAM's own prompt encoder (frozen) and mask decoder (trained) come from the official checkpoint."
                     if model.kind == "official" else
+                    f"The neck, prompt encoder and mask decoder start from `{cfg.init}` (an earlier sam-finetune "
+                    "run); the zero_shot row is that model before this fine-tuning." if cfg.init else
                     "SAM's own `PromptEncoder` (frozen, as in MedSAM) and `MaskDecoder` (`TwoWayTransformer`, depth 2) "
                     "from the segment-anything package, newly initialised and sized to the image "
                     f"(embedding {tokens}×{tokens}); no SAM weights were used, so there is "
@@ -719,7 +737,8 @@ class SamFinetune(Experiment):
         rep.heading("Test IoU and Dice (same prompts for every row)")
         header = ["row", "what", "params", "epochs", "test mIoU", "test Dice", "ms / prompt"]
         what = {"finetuned": "SAM decoder fine-tuned on the frozen encoder",
-                "zero_shot": f"official SAM {model.model_type}, before fine-tuning",
+                "zero_shot": (f"`{Path(cfg.init).name}` (init), before this fine-tuning" if cfg.init
+                              else f"official SAM {model.model_type}, before fine-tuning"),
                 "box": "the prompt box, filled", "grabcut": f"cv2.grabCut from the box, {cfg.grabcut_iters} iterations"}
         table = [[r, what[r], v["params"], v["epochs"], v["test"]["iou"], v["test"]["dice"],
                   v["time"].get("ms_per_prompt")] for r, v in runs.items()]

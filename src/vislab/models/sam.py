@@ -459,13 +459,9 @@ def official_box_sam(model_type: str, checkpoint: str | Path, *, image_size: int
                         model_type=model_type, weights=str(checkpoint))
 
 
-def load_finetuned(checkpoint: str | Path, *, sam_checkpoint: str | None = None) -> BoxPromptSam:
-    """A model fine-tuned by the ``sam-finetune`` experiment, from its Lightning checkpoint.
-
-    The checkpoint holds the decoder half (``model.*``: neck, prompt encoder, mask decoder) and, under
-    ``"vislab"``, the facts to rebuild the encoder: the offline Lite0 weights ship with the package; an
-    official encoder needs its SAM checkpoint file (the one recorded at training, or ``sam_checkpoint``).
-    """
+def read_finetuned(checkpoint: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(checkpoint dict, its "vislab" facts)`` of a ``sam-finetune`` checkpoint; a :class:`UserError` (one line)
+    for a missing file, an unreadable one, or a checkpoint of another task."""
     path = Path(checkpoint)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
@@ -477,6 +473,17 @@ def load_finetuned(checkpoint: str | Path, *, sam_checkpoint: str | None = None)
     if meta.get("task") != "sam-finetune" or "state_dict" not in ckpt:
         raise UserError(f"{path} is not a checkpoint of the sam-finetune experiment "
                         f"(its task is {meta.get('task')!r})")
+    return ckpt, meta
+
+
+def load_finetuned(checkpoint: str | Path, *, sam_checkpoint: str | None = None) -> BoxPromptSam:
+    """A model fine-tuned by the ``sam-finetune`` experiment, from its Lightning checkpoint.
+
+    The checkpoint holds the decoder half (``model.*``: neck, prompt encoder, mask decoder) and, under
+    ``"vislab"``, the facts to rebuild the encoder: the offline Lite0 weights ship with the package; an
+    official encoder needs its SAM checkpoint file (the one recorded at training, or ``sam_checkpoint``).
+    """
+    ckpt, meta = read_finetuned(checkpoint)
     size = int(meta["image_size"])
     if meta.get("kind") == "official":
         model = official_box_sam(meta["model_type"], sam_checkpoint or meta["sam_checkpoint"], image_size=size)

@@ -154,7 +154,7 @@ def test_errors_are_one_line_user_errors(tmp_path, capsys, constant_checkpoint):
         (dict(method="hybrid"), "needs --checkpoint"),
         (dict(method="sift"), "--method must be one of"),
         (dict(checkpoint=tmp_path / "nope.ckpt"), "checkpoint .* does not exist"),
-        (dict(checkpoint=not_ckpt), "not a checkpoint of a vislab change-detection run"),
+        (dict(checkpoint=not_ckpt), "not a checkpoint of the change-detection experiment"),
     ]
     for kw, match in cases:
         args = argparse.Namespace(img1=str(kw.get("img1", a)), img2=str(kw.get("img2", b)), method=kw.get("method"),

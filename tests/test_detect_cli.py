@@ -77,7 +77,7 @@ def test_detect_writes_drawn_images_and_coco_results(checkpoint, tmp_path, capsy
 def test_detect_errors(checkpoint, tmp_path):
     img = tmp_path / "x.png"
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(img)
-    with pytest.raises(UserError, match="checkpoint .* not found"):
+    with pytest.raises(UserError, match="checkpoint .* does not exist"):
         detect_command(_args(tmp_path / "none.ckpt", [img], tmp_path / "o"))
     with pytest.raises(UserError, match="image .*missing.png.* not found"):
         detect_command(_args(checkpoint, [img, tmp_path / "missing.png"], tmp_path / "o"))

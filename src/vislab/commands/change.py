@@ -54,24 +54,13 @@ def load_gray(path: str | Path) -> np.ndarray:
 
 def load_change_net(checkpoint: str | Path) -> tuple[Any, dict[str, Any]]:
     """The network of a ``change-detection`` run's checkpoint (weights-only load) and its metadata."""
-    import torch
-
+    from vislab.engine.checkpoint import model_state, read_checkpoint
     from vislab.models.change import ChangeNet
 
-    path = Path(checkpoint)
-    if not path.exists():
-        raise UserError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is bad input here
-        raise UserError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
-    meta = ckpt.get("vislab") if isinstance(ckpt, dict) else None
-    if not meta or meta.get("task") != "change-detection":
-        raise UserError(f"{path} is not a checkpoint of a vislab change-detection run (no change-detection metadata)")
+    ckpt, meta = read_checkpoint(checkpoint, "change-detection", what="the change-detection experiment")
     spec = dict(meta["model"])
     model = ChangeNet(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state)
+    model.load_state_dict(model_state(ckpt))
     return model.eval(), meta
 
 

@@ -80,7 +80,7 @@ def detect_command(args: Any) -> int:
     if not args.images:
         raise UserError("give at least one IMAGE")
     if not Path(args.checkpoint).is_file():
-        raise UserError(f"checkpoint {str(args.checkpoint)!r} not found")
+        raise UserError(f"checkpoint {args.checkpoint} does not exist")
     images = _open_images(list(args.images))  # every image is checked before the model is loaded
     model, meta = load_detector_checkpoint(args.checkpoint)
     size = int(meta["image_size"])

@@ -659,20 +659,12 @@ def load_detector_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any
     The model is rebuilt from the metadata saved under ``"vislab"`` (backbone, classes, settings) with a
     randomly initialised backbone, then every weight is loaded from the checkpoint.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {str(path)!r} not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # not a torch file, truncated, ...
-        raise UserError(f"cannot read checkpoint {str(path)!r} ({type(exc).__name__}: {exc})") from None
-    meta = ckpt.get("vislab") if isinstance(ckpt, dict) else None
-    if not isinstance(meta, dict) or meta.get("task") != "detection":
-        raise UserError(f"{str(path)!r} is not a checkpoint of the detection experiment (no detection metadata)")
+    from vislab.engine.checkpoint import model_state, read_checkpoint
+
+    ckpt, meta = read_checkpoint(path, "detection", what="the detection experiment")
     model, _ = build_detector(meta["variant"], backbone=meta["backbone"], num_classes=int(meta["num_classes"]),
                               model_kw=meta["model_kwargs"], pretrained=False)
-    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state)
+    model.load_state_dict(model_state(ckpt))
     return model.eval(), meta
 
 

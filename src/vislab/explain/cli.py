@@ -7,21 +7,13 @@ from typing import Any
 
 import torch
 
+from vislab.engine.checkpoint import model_state, read_checkpoint
 from vislab.errors import UserError
 
 
 def load_classifier(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the model saved by a classification run (weights_only load) and return it with its metadata."""
-    path = Path(checkpoint)
-    if not path.exists():
-        raise UserError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is bad input here
-        raise UserError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
-    meta = ckpt.get("vislab") if isinstance(ckpt, dict) else None
-    if not meta or meta.get("task") != "classification":
-        raise UserError(f"{path} is not a checkpoint of a vislab classification run (no 'vislab' metadata)")
+    ckpt, meta = read_checkpoint(checkpoint, "classification", what="a classification run (folder-classifier, vit)")
     spec = meta["model"]
     if spec["kind"] == "registry":
         from vislab.models import create_model
@@ -31,8 +23,7 @@ def load_classifier(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, 
         from vislab.models.backbones import create_classifier
 
         model = create_classifier(spec["name"], pretrained=False, **spec["kwargs"])  # weights come from the ckpt
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state)
+    model.load_state_dict(model_state(ckpt))
     return model.eval(), meta
 
 

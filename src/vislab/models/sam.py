@@ -462,18 +462,9 @@ def official_box_sam(model_type: str, checkpoint: str | Path, *, image_size: int
 def read_finetuned(checkpoint: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(checkpoint dict, its "vislab" facts)`` of a ``sam-finetune`` checkpoint; a :class:`UserError` (one line)
     for a missing file, an unreadable one, or a checkpoint of another task."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise UserError(f"{path} is not a readable checkpoint ({type(exc).__name__})") from None
-    meta = ckpt.get("vislab", {}) if isinstance(ckpt, dict) else {}
-    if meta.get("task") != "sam-finetune" or "state_dict" not in ckpt:
-        raise UserError(f"{path} is not a checkpoint of the sam-finetune experiment "
-                        f"(its task is {meta.get('task')!r})")
-    return ckpt, meta
+    from vislab.engine.checkpoint import read_checkpoint
+
+    return read_checkpoint(checkpoint, "sam-finetune", what="the sam-finetune experiment")
 
 
 def load_finetuned(checkpoint: str | Path, *, sam_checkpoint: str | None = None) -> BoxPromptSam:
@@ -490,6 +481,7 @@ def load_finetuned(checkpoint: str | Path, *, sam_checkpoint: str | None = None)
     else:
         model = offline_box_sam(size, encoder_size=int(meta.get("encoder_size") or size), pretrained=True,
                                 fine=bool(meta.get("fine", False)))
-    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.decoder.load_state_dict(state, strict=True)
+    from vislab.engine.checkpoint import model_state
+
+    model.decoder.load_state_dict(model_state(ckpt), strict=True)
     return model.eval()

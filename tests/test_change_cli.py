@@ -110,6 +110,9 @@ def test_default_method_and_text_output(tmp_path, capsys, tiny_checkpoint):
     a, b = texture_pair(tmp_path, 2, 4.0, 2.0, 1.0)
     text = _run(capsys, a, b, json=False, out=tmp_path / "ov")
     assert "method fourier-mellin" in text and "change shift" in text and "dx +4." in text
+    assert "rotation +0." in text or "rotation -0." in text  # reported, outside the convention
+    same = _run(capsys, a, b, method="fourier_mellin")  # the experiment's spelling of the method
+    assert same["change"] == "shift" and same["dx"] == pytest.approx(4.0, abs=0.5)
     text = _run(capsys, a, b, json=False, checkpoint=tiny_checkpoint, out=tmp_path / "ov")
     assert "method hybrid" in text
 

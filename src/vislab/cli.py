@@ -85,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "s*(p - c) + c + t in IMG2. Change types: none, shift, scale, both.")
     p.add_argument("img1", metavar="IMG1")
     p.add_argument("img2", metavar="IMG2")
-    p.add_argument("--method", default=None, choices=["net", "hybrid", "phase", "fourier-mellin"],
-                   help="default: hybrid with --checkpoint, fourier-mellin without")
+    p.add_argument("--method", default=None, choices=["net", "hybrid", "phase", "fourier-mellin", "fourier_mellin"],
+                   help="default: hybrid with --checkpoint, fourier-mellin without (fourier_mellin, the experiment's "
+                        "spelling, is the same method)")
     p.add_argument("--checkpoint", metavar="CKPT", help="a checkpoint written by `vislab run change-detection`")
     p.add_argument("--json", action="store_true", help='print one JSON object {"dx", "dy", "scale", "change"}')
     p.add_argument("--out", default=None, metavar="DIR", help="folder for the overlay (img1, img2 warped back, "

@@ -225,17 +225,18 @@ def _document_folder(root: Path, n: int, size: int = 96, seed: int = 0) -> Path:
 
 @pytest.mark.slow
 def test_data_folder_never_generated_is_learned_above_baselines(tmp_path):
-    """A folder of a kind the generator never makes, with the demo's training settings: above the box
-    (enforced) and above GrabCut (the acceptance; measured 0.59 vs GrabCut 0.68 on this folder, whose
-    colour-distinct stripe textures suit GrabCut, so that part is reported as an expected failure)."""
+    """A folder of a kind the generator never makes (textured crescents and L-shapes on scanned pages), learned the
+    way SAM is meant to be used: a model trained on many scenes (here the demo run on the generated scenes, in the
+    role of SAM's own weights) fine-tuned on the new folder with ``init``. Above the box, GrabCut and the model
+    before fine-tuning. From scratch on these 200 images alone the decoder reached 0.59 against GrabCut's 0.68."""
     data = _document_folder(tmp_path / "docs", n=200)
     exp = SamFinetune()
-    summary, _ = _run(tmp_path / "run", {**exp.demo_overrides(False), "time_uncached": False}, data=str(data))
-    runs = summary["runs"]
-    ft = runs["finetuned"]["test"]["iou"]
-    assert ft > runs["box"]["test"]["iou"], {k: v["test"] for k, v in runs.items()}
-    if ft <= runs["grabcut"]["test"]["iou"]:
-        pytest.xfail(f"grabcut wins on this folder: finetuned {ft:.3f} vs grabcut {runs['grabcut']['test']['iou']:.3f}")
+    settings = {**exp.demo_overrides(False), "time_uncached": False}
+    _run(tmp_path / "pre", settings)
+    init = tmp_path / "pre" / "checkpoints" / "finetuned" / "best.ckpt"
+    summary, _ = _run(tmp_path / "run", {**settings, "init": str(init)}, data=str(data))
+    iou = {k: v["test"]["iou"] for k, v in summary["runs"].items()}
+    assert iou["finetuned"] > max(iou["box"], iou["grabcut"], iou["zero_shot"]), iou
 
 
 def _validate(overrides: dict, data=None, root=None):

@@ -124,7 +124,10 @@ def estimate_change(img1: np.ndarray, img2: np.ndarray, *, method: str, model: A
         else:
             r = fourier_mellin(img1, img2, upsample_factor=upsample_factor)
     change = change_type_of(r.dx, r.dy, math.log(r.scale), shift_threshold=shift_thr, scale_threshold=scale_thr)
-    return {"dx": r.dx, "dy": r.dy, "scale": r.scale, "change": change, "method": method}
+    out = {"dx": r.dx, "dy": r.dy, "scale": r.scale, "change": change, "method": method}
+    if method == "fourier-mellin":
+        out["rotation"] = r.rotation  # degrees mod 180, outside the convention: reported, never trained on
+    return out
 
 
 def write_overlay(img1: np.ndarray, img2: np.ndarray, result: dict[str, Any], path: Path) -> Path:
@@ -147,6 +150,7 @@ def change_command(args: Any) -> int:
     ``args`` needs ``img1``, ``img2``, ``method`` (None = default), ``checkpoint``, ``json`` and ``out``.
     """
     method = getattr(args, "method", None) or ("hybrid" if getattr(args, "checkpoint", None) else "fourier-mellin")
+    method = method.replace("_", "-")  # fourier_mellin, as the experiment spells it
     if method not in METHODS:
         raise UserError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     if method in ("net", "hybrid") and not args.checkpoint:
@@ -170,5 +174,8 @@ def change_command(args: Any) -> int:
                           "change": result["change"]}))
     else:
         print(f"dx {result['dx']:+.3f} px\ndy {result['dy']:+.3f} px\nscale {result['scale']:.4f}\n"
-              f"change {result['change']}\nmethod {method}\noverlay {overlay}")
+              f"change {result['change']}\nmethod {method}\n"
+              + (f"rotation {result['rotation']:+.2f} deg (mod 180; outside the convention, reported only)\n"
+                 if "rotation" in result else "")
+              + f"overlay {overlay}")
     return 0

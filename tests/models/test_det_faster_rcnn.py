@@ -237,3 +237,20 @@ def test_backbone_errors(tmp_path, monkeypatch):
     torch.save({"x": torch.zeros(1)}, bad)
     with pytest.raises(UserError, match="is not a VGG16 state dict"):
         build_backbone("vgg16", weights=str(bad))
+
+
+def test_box_head_width_follows_the_backbone():
+    """fc6/fc7 are 4096 wide on the VGG16 trunk (the paper) and 1024 elsewhere (torchvision), in both models."""
+    from vislab.models.detection.backbones import DetectionBackbone
+
+    def trunk(name: str) -> nn.Module:
+        return DetectionBackbone(nn.Conv2d(3, 4, 16, stride=16), out_channels=4, stride=16,
+                                 image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5), name=name,
+                                 pretrained_source=None)
+
+    for name, width in (("vgg16", 4096), ("efficientnet_lite0", 1024)):
+        ours = FasterRCNN(trunk(name), 3, roi_output_size=2)
+        tv = build_torchvision_faster_rcnn(trunk(name), 3, roi_output_size=2)
+        assert ours.roi_heads.box_head.fc6.out_features == width == tv.roi_heads.box_head.fc6.out_features
+        assert FasterRCNN(trunk(name), 3, roi_output_size=2, representation_size=64).roi_heads.box_head.fc7 \
+            .out_features == 64

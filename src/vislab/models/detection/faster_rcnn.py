@@ -35,7 +35,7 @@ from vislab.models.detection.roi_heads import ROI_OPS, RoIHeads, postprocess_det
 from vislab.models.detection.rpn import RegionProposalNetwork, RPNHead
 
 __all__ = ["DetectionTransform", "FasterRCNN", "build_torchvision_faster_rcnn", "copy_weights_to_torchvision",
-           "resize_boxes"]
+           "default_representation_size", "resize_boxes"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -152,6 +152,12 @@ def _check_images_targets(images: Any, targets: Any, training: bool, num_classes
                              f"{boxes[bad][0].tolist()} (drop degenerate boxes when loading the data)")
 
 
+def default_representation_size(backbone: nn.Module) -> int:
+    """The width of the box head's two FC layers: 4096 for the VGG16 trunk (the paper's fc6/fc7), 1024 for any
+    other backbone (torchvision's ``TwoMLPHead``)."""
+    return 4096 if getattr(backbone, "name", None) == "vgg16" else 1024
+
+
 class FasterRCNN(nn.Module):
     """Faster R-CNN with one stride-16 feature map.
 
@@ -170,6 +176,8 @@ class FasterRCNN(nn.Module):
             (anchors over the zero padding of a batch of unequal images) are ranked differently;
             ``rpn_topk_first=True`` follows torchvision's sequence of operations and equals it there too.
         box_*: the RoI heads (:class:`RoIHeads`); ``roi_op`` ``"roi_pool"`` (paper) or ``"roi_align"``.
+        representation_size: width of the two FC layers; None: :func:`default_representation_size` (4096 for
+            VGG16 as in the paper, 1024 otherwise as in torchvision).
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, *, anchor_sizes: Sequence[float] = (32, 64, 128),
@@ -184,7 +192,7 @@ class FasterRCNN(nn.Module):
                  box_batch_size_per_image: int = 128, box_positive_fraction: float = 0.25,
                  box_score_thresh: float = 0.05, box_nms_thresh: float = 0.5, box_detections_per_img: int = 100,
                  roi_output_size: int = 7, roi_op: str = "roi_pool", roi_sampling_ratio: int = 2,
-                 representation_size: int = 1024) -> None:
+                 representation_size: int | None = None) -> None:
         super().__init__()
         out_channels = getattr(backbone, "out_channels", None)
         if not isinstance(out_channels, int) or out_channels < 1:
@@ -207,7 +215,9 @@ class FasterRCNN(nn.Module):
             post_nms_top_n=(rpn_post_nms_top_n_train, rpn_post_nms_top_n_test), nms_thresh=rpn_nms_thresh,
             min_size=rpn_min_size, topk_first=rpn_topk_first)
         self.roi_heads = RoIHeads(
-            out_channels, num_classes, representation_size=representation_size, roi_output_size=roi_output_size,
+            out_channels, num_classes,
+            representation_size=representation_size or default_representation_size(backbone),
+            roi_output_size=roi_output_size,
             roi_op=roi_op, sampling_ratio=roi_sampling_ratio, fg_iou_thresh=box_fg_iou_thresh,
             bg_iou_thresh=box_bg_iou_thresh, batch_size_per_image=box_batch_size_per_image,
             positive_fraction=box_positive_fraction, score_thresh=box_score_thresh, nms_thresh=box_nms_thresh,
@@ -374,7 +384,7 @@ def build_torchvision_faster_rcnn(backbone: nn.Module, num_classes: int, **kwarg
         pool = MultiScaleRoIAlign(featmap_names=["0"], output_size=size, sampling_ratio=cfg["roi_sampling_ratio"])
     else:
         pool = _TorchvisionRoIPool(featmap_names=["0"], output_size=size, sampling_ratio=cfg["roi_sampling_ratio"])
-    rep = cfg["representation_size"]
+    rep = cfg["representation_size"] or default_representation_size(backbone)
     mean = cfg["image_mean"] if cfg["image_mean"] is not None else getattr(backbone, "image_mean", IMAGENET_MEAN)
     std = cfg["image_std"] if cfg["image_std"] is not None else getattr(backbone, "image_std", IMAGENET_STD)
     model = TVFasterRCNN(

@@ -194,3 +194,12 @@ def test_argument_errors():
         phase_correlation(a, a, upsample_factor=0)
     with pytest.raises(ValueError, match="angles must be an even number"):
         fourier_mellin(a, a, angles=7)
+
+
+def test_hybrid_falls_back_to_fourier_mellin_when_the_first_guess_is_outside_its_band():
+    img1, img2 = render_pair(_photo(), (250.0, 260.0), dx=-3.0, dy=4.0, scale=1.18, size=128)
+    prior = 1.05  # 11 % off: the true peak lies outside the ±0.05 band around it
+    banded = hybrid(img1, img2, scale=prior, direct=False)
+    assert banded.scale == pytest.approx(prior * math.exp(0.05), rel=1e-3)  # stuck at the band's edge
+    r = hybrid(img1, img2, scale=prior)
+    assert r.scale == pytest.approx(1.18, rel=1e-3) and (r.dx, r.dy) == pytest.approx((-3.0, 4.0), abs=0.05)

@@ -346,6 +346,13 @@ def refine_direct(img1: Any, img2: Any, init: Registration, *, fit_scale: bool =
     Returns:
         ``Registration(dx, dy, scale)``.
     """
+    return _refine_direct(img1, img2, init, fit_scale=fit_scale, sigma=sigma, iterations=iterations, tol=tol,
+                          max_step=max_step)[0]
+
+
+def _refine_direct(img1: Any, img2: Any, init: Registration, *, fit_scale: bool = True, sigma: float = 1.0,
+                   iterations: int = 30, tol: float = 1e-4, max_step: float = 2.0) -> tuple[Registration, float]:
+    """:func:`refine_direct` and the mean squared residual of its result (inf when nothing overlaps)."""
     from scipy.ndimage import gaussian_filter, map_coordinates, spline_filter
 
     a, b = _pair(img1, img2)
@@ -380,7 +387,7 @@ def refine_direct(img1: Any, img2: Any, init: Registration, *, fit_scale: bool =
     start = np.array([init.dx, init.dy, math.log(init.scale), 1.0, 0.0])
     r, ok, warped, wx, wy = residual(start)
     if r.size < 16:  # no overlap worth fitting
-        return Registration(init.dx, init.dy, init.scale)
+        return Registration(init.dx, init.dy, init.scale), math.inf
     # gain and offset at the start: the least-squares fit of img1 by img2 warped
     A0 = np.stack([warped, np.ones_like(warped)], 1)
     start[3:] = np.linalg.lstsq(A0, av[ok], rcond=None)[0]
@@ -395,13 +402,13 @@ def refine_direct(img1: Any, img2: Any, init: Registration, *, fit_scale: bool =
         theta[free] += step
         r, ok, warped, wx, wy = residual(theta)
         if r.size < 16:
-            return Registration(init.dx, init.dy, init.scale)
+            return Registration(init.dx, init.dy, init.scale), start_cost
         if math.hypot(step[0], step[1]) < tol and (not fit_scale or abs(step[2]) < tol / 100):
             break
     moved = math.hypot(theta[0] - start[0], theta[1] - start[1]) + radius * abs(math.expm1(theta[2] - start[2]))
     if not np.isfinite(theta).all() or moved > max_step or cost(r) >= start_cost:
-        return Registration(init.dx, init.dy, init.scale)
-    return Registration(float(theta[0]), float(theta[1]), math.exp(float(theta[2])))
+        return Registration(init.dx, init.dy, init.scale), start_cost
+    return Registration(float(theta[0]), float(theta[1]), math.exp(float(theta[2]))), cost(r)
 
 
 def hybrid(img1: Any, img2: Any, *, scale: float, refine: bool = True, search: float = 0.05,
@@ -416,22 +423,35 @@ def hybrid(img1: Any, img2: Any, *, scale: float, refine: bool = True, search: f
        when step 1 found none); then the shift is set to 0 when ``|t| < shift_threshold`` (no shift detected), so
        that the estimate says what the change type from the same thresholds says.
 
+    When the refined scale of step 1 ends at the edge of its band (the first guess was off by more than
+    ``search``: the true peak lies outside), Fourier–Mellin's unrestricted scale is a second candidate through
+    steps 2–3, and the candidate whose pixels agree better (lower residual in step 3) is the answer.
+
     Returns ``Registration(dx, dy, s)``.
     """
     a, b = _pair(img1, img2)
     s = refine_scale(a, b, scale, search=search, upsample_factor=upsample_factor) if refine else float(scale)
-    no_scale = scale_threshold is not None and abs(math.log(s)) < scale_threshold
-    if no_scale:
-        s = 1.0
-    dx, dy = shift_after_unscale(a, b, s, upsample_factor=upsample_factor, window=window)
-    reg = Registration(dx, dy, float(s))
-    if direct:
-        reg = refine_direct(a, b, reg, fit_scale=not no_scale)
-        if scale_threshold is not None and abs(math.log(reg.scale)) < scale_threshold:  # the pixels undid it
-            reg = refine_direct(a, b, Registration(reg.dx, reg.dy, 1.0), fit_scale=False)
-    if shift_threshold is not None and math.hypot(reg.dx, reg.dy) < shift_threshold:
-        reg = Registration(0.0, 0.0, reg.scale)
-    return reg
+    scales = [s]
+    if refine and direct and abs(math.log(s) - math.log(scale)) >= 0.98 * search:
+        log_s, _ = _scale_rotation(a, b, upsample_factor=upsample_factor, angles=360, radial=None, highpass=True)
+        scales.append(math.exp(log_s))
+    best, best_cost = None, math.inf
+    for s in scales:
+        no_scale = scale_threshold is not None and abs(math.log(s)) < scale_threshold
+        if no_scale:
+            s = 1.0
+        dx, dy = shift_after_unscale(a, b, s, upsample_factor=upsample_factor, window=window)
+        reg, cost = Registration(dx, dy, float(s)), math.inf
+        if direct:
+            reg, cost = _refine_direct(a, b, reg, fit_scale=not no_scale)
+            if scale_threshold is not None and abs(math.log(reg.scale)) < scale_threshold:  # the pixels undid it
+                reg, cost = _refine_direct(a, b, Registration(reg.dx, reg.dy, 1.0), fit_scale=False)
+        if best is None or cost < best_cost:
+            best, best_cost = reg, cost
+    assert best is not None
+    if shift_threshold is not None and math.hypot(best.dx, best.dy) < shift_threshold:
+        best = Registration(0.0, 0.0, best.scale)
+    return best
 
 
 def warp_back(img2: Any, reg: Registration, *, order: int = 1) -> tuple[np.ndarray, np.ndarray]:

@@ -145,8 +145,9 @@ def augmented_views(sample: MaskSample, *, copies: int, augment: JointAugment | 
 
 @torch.no_grad()
 def build_views(samples: list[MaskSample], encoder: nn.Module, *, copies: int, augment: JointAugment | None,
-                seed: int, device: torch.device | str = "cpu", batch: int = 16) -> PromptViews:
-    """Augment each sample ``copies`` times and encode every view once (the cache)."""
+                seed: int, device: torch.device | str = "cpu", batch: int | None = None) -> PromptViews:
+    """Augment each sample ``copies`` times and encode every view once (the cache), ``batch`` views per forward
+    (default: the encoder's ``batch``, 2 for SAM's ViT, 16 for the Lite0)."""
     imgs: list[Tensor] = []
     insts: list[Tensor] = []
     boxes: list[Tensor] = []
@@ -169,6 +170,7 @@ def build_views(samples: list[MaskSample], encoder: nn.Module, *, copies: int, a
     inst_t = torch.stack(insts)
     inst_t = inst_t.to(torch.uint8) if int(inst_t.max()) < 256 else inst_t.to(torch.int16)
     encoder.eval().to(device)
+    batch = int(batch or getattr(encoder, "batch", 16))
     t0 = time.perf_counter()
     feats = [encoder(torch.stack(imgs[j:j + batch]).to(device)).to("cpu", torch.float16)
              for j in range(0, len(imgs), batch)]
@@ -361,7 +363,7 @@ def time_epochs(model: BoxPromptSam, train: TrainPrompts, samples: list[MaskSamp
     decoder, opt = fresh()
     encoder = model.encoder.to(device)
     mean_objects = max(1.0, sum(len(s.kinds) for s in samples) / max(1, n))
-    per_step = max(1, round(cfg.batch_size / mean_objects))
+    per_step = max(1, min(round(cfg.batch_size / mean_objects), int(getattr(encoder, "batch", 16))))
     jitter = jitter_for_size(size) * cfg.jitter_px / 20.0
     gen = torch.Generator().manual_seed(cfg.seed + 10_000)
     enc_train = 0.0

@@ -305,6 +305,9 @@ class SamEncoder(nn.Module):
             raise ValueError(f"kind must be 'offline' or 'official', got {kind!r}")
         self.kind = kind
         self.input_size = int(sam.image_encoder.img_size)
+        # images per forward when encoding a data set: SAM's ViT at 1024 px holds ~1.5 GB of activations per
+        # image on a CPU (a batch of 16 was killed for memory on a 24 GiB machine); the Lite0 a few MB
+        self.batch = 2 if kind == "official" else 16
         self.fine = kind == "offline" and bool(getattr(sam.image_encoder, "fine", False))
         self.net = sam.image_encoder.backbone if kind == "offline" else sam.image_encoder
         self.net.requires_grad_(False)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -145,9 +146,11 @@ def augmented_views(sample: MaskSample, *, copies: int, augment: JointAugment | 
 
 @torch.no_grad()
 def build_views(samples: list[MaskSample], encoder: nn.Module, *, copies: int, augment: JointAugment | None,
-                seed: int, device: torch.device | str = "cpu", batch: int | None = None) -> PromptViews:
+                seed: int, device: torch.device | str = "cpu", batch: int | None = None,
+                log: Callable[[str], None] | None = None) -> PromptViews:
     """Augment each sample ``copies`` times and encode every view once (the cache), ``batch`` views per forward
-    (default: the encoder's ``batch``, 2 for SAM's ViT, 16 for the Lite0)."""
+    (default: the encoder's ``batch``, 2 for SAM's ViT, 16 for the Lite0). ``log``: called with a progress line
+    about every 30 s (SAM's ViT takes seconds per image on a CPU)."""
     imgs: list[Tensor] = []
     insts: list[Tensor] = []
     boxes: list[Tensor] = []
@@ -171,9 +174,16 @@ def build_views(samples: list[MaskSample], encoder: nn.Module, *, copies: int, a
     inst_t = inst_t.to(torch.uint8) if int(inst_t.max()) < 256 else inst_t.to(torch.int16)
     encoder.eval().to(device)
     batch = int(batch or getattr(encoder, "batch", 16))
-    t0 = time.perf_counter()
-    feats = [encoder(torch.stack(imgs[j:j + batch]).to(device)).to("cpu", torch.float16)
-             for j in range(0, len(imgs), batch)]
+    t0 = last = time.perf_counter()
+    feats = []
+    for j in range(0, len(imgs), batch):
+        feats.append(encoder(torch.stack(imgs[j:j + batch]).to(device)).to("cpu", torch.float16))
+        now = time.perf_counter()
+        if log is not None and now - last >= 30 and j + batch < len(imgs):
+            done = j + batch
+            log(f"sam-finetune: encoded {done}/{len(imgs)} views in {now - t0:.0f} s "
+                f"(~{(now - t0) / done * (len(imgs) - done):.0f} s left)")
+            last = now
     encode_s = time.perf_counter() - t0
     return PromptViews(torch.cat(feats), inst_t, box_t, views, objects, kinds, [s.stem for s in samples],
                        encode_s, [s.image for s in samples])
@@ -516,10 +526,10 @@ class SamFinetune(Experiment):
         samples = {k: [data.folder.samples[i] for i in idx] for k, idx in data.split.items()}
         t0 = time.perf_counter()
         pv = {"train": build_views(samples["train"], model.encoder, copies=cfg.aug_copies, augment=augment,
-                                   seed=cfg.seed, device=device)}
+                                   seed=cfg.seed, device=device, log=ctx.log)}
         for split in ("val", "test"):
             pv[split] = build_views(samples[split], model.encoder, copies=1, augment=None, seed=cfg.seed,
-                                    device=device)
+                                    device=device, log=ctx.log)
         cache_s = time.perf_counter() - t0
         jitter = jitter_for_size(cfg.image_size) * cfg.jitter_px / 20.0
         train_set = TrainPrompts(pv["train"], jitter=jitter, seed=cfg.seed, image_size=cfg.image_size)

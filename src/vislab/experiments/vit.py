@@ -122,6 +122,23 @@ class VitConfig(CommonConfig):
 # -----------------------------------------------------------------------------------------------
 
 
+def training_augmentation(cfg: VitConfig, data_name: str) -> tuple[nn.Module | None, str]:
+    """The batched training augmentation ``cfg.augment`` asks for, and the report's words for it. ``sharp`` uses
+    the 8 symmetries of the square only where labels do not depend on orientation (the shapes), horizontal flips
+    on CIFAR-10."""
+    if cfg.augment == "affine":
+        return (RandomAffineBatch(rotation=cfg.aug_rotation, shift=cfg.aug_shift, shear=cfg.aug_shear,
+                                  zoom=cfg.aug_zoom),
+                f"random affine augmentation (±{cfg.aug_rotation:g}°, shift {cfg.aug_shift:g}, zoom {cfg.aug_zoom:g}, "
+                f"shear {cfg.aug_shear:g})")
+    if cfg.augment == "sharp":
+        dihedral = data_name != "cifar10"
+        return (RandomDihedralShiftBatch(shift=cfg.aug_pixels, dihedral=dihedral),
+                f"sharp augmentation ({'8 symmetries of the square' if dihedral else 'horizontal flips'}, "
+                f"whole-pixel shifts up to ±{cfg.aug_pixels} px)")
+    return None, "no augmentation"
+
+
 def shuffle_patches(x: Tensor, grid: int, *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """Permute the ``grid×grid`` cells of each image at random (never the identity when ``grid > 1``).
 
@@ -462,10 +479,7 @@ class VitExperiment(Experiment):
         loaders = {k: DataLoader(ds[k], batch_size=cfg.batch_size, shuffle=(k == "train"), generator=gen,
                                  num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
                    for k in ("train", "val")}
-        augment = {"affine": lambda: RandomAffineBatch(rotation=cfg.aug_rotation, shift=cfg.aug_shift,
-                                                       shear=cfg.aug_shear, zoom=cfg.aug_zoom),
-                   "sharp": lambda: RandomDihedralShiftBatch(shift=cfg.aug_pixels, dihedral=data.name != "cifar10"),
-                   "none": lambda: None}[cfg.augment]()
+        augment, _ = training_augmentation(cfg, data.name)
         meta = {"task": "classification", "model": spec, "class_names": data.classes, "image_size": cfg.image_size,
                 "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "variant": variant}
         module = WarmupCosineClassification(model, lr=lr, weight_decay=cfg.weight_decay, meta=meta, augment=augment,
@@ -581,13 +595,8 @@ class VitExperiment(Experiment):
         rep.text(f"{len(d['classes'])} classes ({', '.join(d['classes'])}); train {d['train']}, val {d['val']}, "
                  f"test {d['test']} images at {cfg.image_size}×{cfg.image_size} px. Every variant: AdamW, "
                  f"{cfg.warmup_epochs:g} warm-up epoch(s) then cosine decay, label smoothing {cfg.label_smoothing:g}"
-                 + {"affine": f", random affine augmentation (±{cfg.aug_rotation:g}°, shift {cfg.aug_shift:g}, zoom "
-                              f"{cfg.aug_zoom:g}, shear {cfg.aug_shear:g})",
-                    "sharp": (", sharp augmentation ("
-                              + ("horizontal flips" if d["name"] == "cifar10" else "8 symmetries of the square")
-                              + f", whole-pixel shifts up to ±{cfg.aug_pixels} px)"),
-                    "none": ", no augmentation"}[cfg.augment]
-                 + f"; the tested checkpoint is the epoch of best val {cfg.monitor}.")
+                 + f", {training_augmentation(cfg, d['name'])[1]}; the tested checkpoint is the epoch of best val "
+                 f"{cfg.monitor}.")
         if "vit" in runs:
             rep.text(f"`vit`: {cfg.num_layers} blocks, {cfg.num_heads} heads, D = {cfg.hidden_dim}, MLP "
                      f"{cfg.mlp_dim}, {cfg.patch_size}×{cfg.patch_size} patches → "

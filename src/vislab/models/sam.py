@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vislab.engine.checkpoint import model_state, read_checkpoint
 from vislab.errors import UserError
 
 __all__ = ["MODEL_TYPES", "SAM_CHECKPOINT_URLS", "BoxPromptSam", "FineFeatures", "LiteImageEncoder", "SamDecoder",
@@ -465,8 +466,6 @@ def official_box_sam(model_type: str, checkpoint: str | Path, *, image_size: int
 def read_finetuned(checkpoint: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(checkpoint dict, its "vislab" facts)`` of a ``sam-finetune`` checkpoint; a :class:`UserError` (one line)
     for a missing file, an unreadable one, or a checkpoint of another task."""
-    from vislab.engine.checkpoint import read_checkpoint
-
     return read_checkpoint(checkpoint, "sam-finetune", what="the sam-finetune experiment")
 
 
@@ -484,7 +483,5 @@ def load_finetuned(checkpoint: str | Path, *, sam_checkpoint: str | None = None)
     else:
         model = offline_box_sam(size, encoder_size=int(meta.get("encoder_size") or size), pretrained=True,
                                 fine=bool(meta.get("fine", False)))
-    from vislab.engine.checkpoint import model_state
-
     model.decoder.load_state_dict(model_state(ckpt), strict=True)
     return model.eval()

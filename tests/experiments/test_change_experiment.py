@@ -67,6 +67,11 @@ def test_run_folder_summary_and_report(tiny_run):
     assert html.count("data:image/png;base64,") == 7
     md = (out / "report.md").read_text()
     assert "How the dataset was built" in md and "s·(p − c) + c + t" in md and "Target —" in md
+    # per change type, the shared tie-aware sentence: phase correlation's exact 0 % on unchanged pairs is a
+    # tie with every other method at exactly 0 %, never a win
+    zero = [m for m in METHODS if saved["runs"][m]["test"]["scale_error_median_none"] == 0.0]
+    line = next(ln for ln in md.splitlines() if "**none** pairs: median scale error" in ln)
+    assert ("tie for best" in line) == (len(zero) > 1) and "**phase**" in line
     metrics = RunDir(out).read_metrics()
     assert metrics and {"train_loss_shift", "train_loss_scale", "train_loss_type", "val_type_accuracy",
                         "val_translation_error_median"} <= set(metrics[0])

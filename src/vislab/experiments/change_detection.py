@@ -539,16 +539,17 @@ def _thumb(img: np.ndarray, side: int = 160) -> np.ndarray:
 
 
 def _per_type_bullets(per_method: dict[str, dict[str, Any]]) -> list[str]:
+    """Per change type, the lowest median translation and scale errors, through the shared tie-aware
+    comparison (an exact tie, e.g. two methods at 0.00 % on unchanged pairs, is called a tie)."""
     out = []
     for name in CHANGE_TYPES:
-        vals = {m: per_method[m]["per_type"][name] for m in METHODS}
-        best_t = min(vals, key=lambda m: vals[m]["translation_error_median"])
-        best_s = min(vals, key=lambda m: vals[m]["scale_error_median"])
-        out.append(f"**{name}** pairs: lowest median translation error **{best_t}** "
-                   f"({vals[best_t]['translation_error_median']:.3f} px; "
-                   + ", ".join(f"{m} {vals[m]['translation_error_median']:.3f}" for m in METHODS if m != best_t)
-                   + f"); lowest median scale error **{best_s}** ({vals[best_s]['scale_error_median']:.2f} %; "
-                   + ", ".join(f"{m} {vals[m]['scale_error_median']:.2f}" for m in METHODS if m != best_s) + ").")
+        split = f"**{name}** pairs:"
+        per_type = {m: per_method[m]["per_type"][name] for m in METHODS}
+        runs = {m: {split: {"median translation error in px": v["translation_error_median"],
+                            "median scale error in %": v["scale_error_median"]}} for m, v in per_type.items()}
+        out.append(" ".join(comparison_bullets(runs, {"median translation error in px": False,
+                                                      "median scale error in %": False},
+                                               split=split, digits=3)))
     return out
 
 

@@ -45,8 +45,6 @@ import contextlib
 import io
 import json
 import math
-import os
-import shutil
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -59,6 +57,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from vislab.data.generated import building, is_complete
 from vislab.engine.run_dir import atomic_write_text
 from vislab.errors import UserError
 
@@ -428,7 +427,7 @@ def load_detection_data(data: str | None, root: str | None, *, image_size: int |
     """
     limits = limits or {}
     if data in (None, "scenes"):
-        from vislab.data.shapes import default_cache_dir
+        from vislab.data.generated import default_cache_dir
 
         opts = {"n_train": 1200, "n_val": 200, "n_test": 300, "max_objects": 6, **(scenes or {})}
         size = int(opts.pop("size", image_size or 128))
@@ -694,33 +693,26 @@ def write_detection_scenes(root: str | Path, *, n_train: int = 1200, n_val: int 
     root = Path(root)
     stamp = {"version": _SCENE_VERSION, "n": [n_train, n_val, n_test], "size": size, "seed": seed,
              "max_objects": max_objects}
-    done = root / ".complete.json"
-    if done.exists() and json.loads(done.read_text()) == stamp:
+    if is_complete(root, stamp):
         return root
-    tmp = root.with_name(root.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    categories = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(SCENE_CLASSES)]
-    train_photos, test_photos = _background_photos(_TRAIN_BACKGROUNDS), _background_photos(_TEST_BACKGROUNDS)
-    for k, (split, n) in enumerate((("train", n_train), ("val", n_val), ("test", n_test))):
-        rng = np.random.default_rng([seed, k])
-        photos = test_photos if split == "test" else train_photos
-        (tmp / split).mkdir(parents=True, exist_ok=True)
-        images, anns = [], []
-        for i in range(n):
-            img, objects = render_scene(rng, photos, size=size, max_objects=max_objects)
-            name = f"{i:05d}.png"
-            Image.fromarray(img).save(tmp / split / name)
-            images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
-            for cls, (x0, y0, x1, y1) in objects:
-                anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cls + 1,
-                             "bbox": [x0, y0, round(x1 - x0, 2), round(y1 - y0, 2)],
-                             "area": round((x1 - x0) * (y1 - y0), 2), "iscrowd": 0})
-        atomic_write_text(tmp / "annotations" / f"instances_{split}.json",
-                          json.dumps({"info": {"description": "vislab embedded detection scenes", "seed": seed},
-                                      "images": images, "annotations": anns, "categories": categories}))
-    atomic_write_text(tmp / ".complete.json", json.dumps(stamp))
-    if root.exists():
-        shutil.rmtree(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, root)
+    with building(root, stamp) as tmp:
+        categories = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(SCENE_CLASSES)]
+        train_photos, test_photos = _background_photos(_TRAIN_BACKGROUNDS), _background_photos(_TEST_BACKGROUNDS)
+        for k, (split, n) in enumerate((("train", n_train), ("val", n_val), ("test", n_test))):
+            rng = np.random.default_rng([seed, k])
+            photos = test_photos if split == "test" else train_photos
+            (tmp / split).mkdir(parents=True, exist_ok=True)
+            images, anns = [], []
+            for i in range(n):
+                img, objects = render_scene(rng, photos, size=size, max_objects=max_objects)
+                name = f"{i:05d}.png"
+                Image.fromarray(img).save(tmp / split / name)
+                images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
+                for cls, (x0, y0, x1, y1) in objects:
+                    anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cls + 1,
+                                 "bbox": [x0, y0, round(x1 - x0, 2), round(y1 - y0, 2)],
+                                 "area": round((x1 - x0) * (y1 - y0), 2), "iscrowd": 0})
+            atomic_write_text(tmp / "annotations" / f"instances_{split}.json",
+                              json.dumps({"info": {"description": "vislab embedded detection scenes", "seed": seed},
+                                          "images": images, "annotations": anns, "categories": categories}))
     return root

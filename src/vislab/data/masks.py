@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -43,6 +41,7 @@ import torch
 from PIL import Image, ImageDraw, UnidentifiedImageError
 from torch import Tensor
 
+from vislab.data.generated import building, is_complete
 from vislab.data.image_folder import IMAGE_EXTENSIONS
 from vislab.engine.run_dir import atomic_write_text
 from vislab.errors import UserError
@@ -535,7 +534,7 @@ def render_scene(rng: np.random.Generator, size: int = 256, *, objects: tuple[in
 def default_scene_dir(*, num_images: int, size: int, seed: int, objects: tuple[int, int] = (2, 5),
                       scale: float = 1.0) -> Path:
     """Where the embedded scenes live: ``$VISLAB_CACHE`` (or ``~/.cache/vislab``)``/sam-scenes-...``."""
-    from vislab.data.shapes import default_cache_dir
+    from vislab.data.generated import default_cache_dir
 
     return default_cache_dir() / (f"sam-scenes-v{_SCENE_VERSION}-n{num_images}-s{size}-seed{seed}"
                                   f"-obj{objects[0]}-{objects[1]}-x{scale:g}")
@@ -556,27 +555,20 @@ def write_scene_folder(root: str | Path, *, num_images: int = 400, size: int = 2
     root = Path(root)
     stamp = {"version": _SCENE_VERSION, "num_images": num_images, "size": size, "seed": seed,
              "objects": list(objects), "scale": scale}
-    done = root / ".complete.json"
-    if done.exists() and json.loads(done.read_text()) == stamp:
+    if is_complete(root, stamp):
         return root
-    tmp = root.with_name(root.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "images").mkdir(parents=True)
-    (tmp / "masks").mkdir()
-    rng = np.random.default_rng(seed)
-    shapes: dict[str, dict[str, str]] = {}
-    for i in range(num_images):
-        img, inst, kinds = render_scene(rng, size, objects=objects, scale=scale)
-        stem = f"{i:04d}"
-        Image.fromarray(img).save(tmp / "images" / f"{stem}.png")
-        Image.fromarray(inst).save(tmp / "masks" / f"{stem}.png")
-        shapes[stem] = {str(k + 1): kind for k, kind in enumerate(kinds)}
-    atomic_write_text(tmp / "shapes.json", json.dumps(shapes))
-    atomic_write_text(tmp / ".complete.json", json.dumps(stamp))
-    if root.exists():
-        shutil.rmtree(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, root)
+    with building(root, stamp) as tmp:
+        (tmp / "images").mkdir(parents=True)
+        (tmp / "masks").mkdir()
+        rng = np.random.default_rng(seed)
+        shapes: dict[str, dict[str, str]] = {}
+        for i in range(num_images):
+            img, inst, kinds = render_scene(rng, size, objects=objects, scale=scale)
+            stem = f"{i:04d}"
+            Image.fromarray(img).save(tmp / "images" / f"{stem}.png")
+            Image.fromarray(inst).save(tmp / "masks" / f"{stem}.png")
+            shapes[stem] = {str(k + 1): kind for k, kind in enumerate(kinds)}
+        atomic_write_text(tmp / "shapes.json", json.dumps(shapes))
     return root
 
 

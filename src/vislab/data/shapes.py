@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vislab.data.generated import building, is_complete
 from vislab.engine.run_dir import atomic_write_text
 
 SHAPE_CLASSES = ("circle", "cross", "square", "star", "triangle")
@@ -106,31 +105,20 @@ def write_shapes_folder(root: str | Path, *, per_class: int = 160, size: int = 9
     """
     root = Path(root)
     stamp = {"version": _VERSION, "per_class": per_class, "size": size, "seed": seed, "corrupt": corrupt}
-    done = root / ".complete.json"
-    if done.exists() and json.loads(done.read_text()) == stamp:
+    if is_complete(root, stamp):
         return root
-    tmp = root.with_name(root.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    rng = np.random.default_rng(seed)
-    boxes: dict[str, object] = {"_image_size": [size, size]}
-    for kind in SHAPE_CLASSES:
-        (tmp / kind).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            img, box = render_shape(kind, rng, size)
-            rel = f"{kind}/{i:04d}.png"
-            Image.fromarray(img).save(tmp / rel)
-            boxes[rel] = box
-    for i in range(corrupt):
-        (tmp / SHAPE_CLASSES[i % len(SHAPE_CLASSES)] / f"corrupt_{i}.png").write_bytes(b"\x89PNG\r\n\x1a\nnot a png")
-    atomic_write_text(tmp / "boxes.json", json.dumps(boxes))
-    atomic_write_text(tmp / ".complete.json", json.dumps(stamp))
-    if root.exists():
-        shutil.rmtree(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, root)
+    with building(root, stamp) as tmp:
+        rng = np.random.default_rng(seed)
+        boxes: dict[str, object] = {"_image_size": [size, size]}
+        for kind in SHAPE_CLASSES:
+            (tmp / kind).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                img, box = render_shape(kind, rng, size)
+                rel = f"{kind}/{i:04d}.png"
+                Image.fromarray(img).save(tmp / rel)
+                boxes[rel] = box
+        for i in range(corrupt):
+            bad = tmp / SHAPE_CLASSES[i % len(SHAPE_CLASSES)] / f"corrupt_{i}.png"
+            bad.write_bytes(b"\x89PNG\r\n\x1a\nnot a png")
+        atomic_write_text(tmp / "boxes.json", json.dumps(boxes))
     return root
-
-
-def default_cache_dir() -> Path:
-    """Where generated datasets live: ``$VISLAB_CACHE`` or ``~/.cache/vislab``."""
-    return Path(os.environ.get("VISLAB_CACHE", Path.home() / ".cache" / "vislab"))

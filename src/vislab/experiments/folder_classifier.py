@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vislab.data.augment import RandomAffineBatch
+from vislab.data.generated import default_cache_dir
 from vislab.data.image_folder import (
     ImageListDataset,
     limit_indices,
@@ -24,7 +25,7 @@ from vislab.data.image_folder import (
     stratified_split,
     write_manifest,
 )
-from vislab.data.shapes import default_cache_dir, write_shapes_folder
+from vislab.data.shapes import write_shapes_folder
 from vislab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, eval_transform
 from vislab.engine.config import CommonConfig
 from vislab.engine.context import RunContext

@@ -353,8 +353,9 @@ class VitExperiment(Experiment):
         return self._load_shapes(ctx)
 
     def _load_shapes(self, ctx: RunContext) -> _Data:
+        from vislab.data.generated import default_cache_dir
         from vislab.data.image_folder import limit_indices, load_rgb, read_boxes, scan_image_folder, stratified_split
-        from vislab.data.shapes import default_cache_dir, write_shapes_folder
+        from vislab.data.shapes import write_shapes_folder
 
         cfg: VitConfig = ctx.cfg
         size = cfg.image_size

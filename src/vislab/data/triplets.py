@@ -91,25 +91,6 @@ class TripletDataset(Dataset):
         self._members = {int(c): np.flatnonzero(self.labels == c) for c in classes}  # class -> indices
         self._others = {int(c): np.flatnonzero(self.labels != c) for c in classes}
 
-    @property
-    def num_replicas(self) -> int:
-        if not self._fixed_replicas and torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_world_size()
-        return self._num_replicas
-
-    @property
-    def rank(self) -> int:
-        if not self._fixed_replicas and torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank()
-        return self._rank
-
-    def _check_replicas(self) -> None:
-        if self.num_batches < self.num_replicas:
-            raise ValueError(
-                f"num_batches = {self.num_batches} is fewer than num_replicas = {self.num_replicas}; "
-                "every rank needs at least one batch"
-            )
-
     def set_epoch(self, epoch: int) -> None:
         """Draw a new set of triplets (same seed + same epoch -> same triplets)."""
         self.epoch = int(epoch)

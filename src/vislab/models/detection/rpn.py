@@ -100,10 +100,19 @@ def pre_nms_proposals(boxes: Tensor, scores: Tensor, image_size: tuple[int, int]
         boxes = clip_boxes_to_image(boxes[order], image_size)
         keep = remove_small_boxes(boxes, min_size)
         return boxes[keep], scores[keep]
-    boxes = clip_boxes_to_image(boxes, image_size)  # 1. clip to the image
-    keep = remove_small_boxes(boxes, min_size)  # 2. drop boxes with a side below min_size
+    # Rank first, filter the ranking: when no small box is among the best pre_nms_top_n (or every box is ranked)
+    # that is exactly steps 1-3, and exactly tied scores keep the order torchvision's top-k gives them.
+    k = min(pre_nms_top_n, scores.numel())
+    top, order = scores.topk(k)
+    ranked = clip_boxes_to_image(boxes[order], image_size)  # 1. clip to the image
+    keep = remove_small_boxes(ranked, min_size)  # 2. drop boxes with a side below min_size
+    if keep.numel() == k or k == scores.numel():
+        return ranked[keep], top[keep]  # 3. the best pre_nms_top_n of the boxes that are left, sorted
+    # small boxes took places in the best k: the top-n must reach past them, as the order 1-2-3 does
+    boxes = clip_boxes_to_image(boxes, image_size)
+    keep = remove_small_boxes(boxes, min_size)
     boxes, scores = boxes[keep], scores[keep]
-    scores, order = scores.topk(min(pre_nms_top_n, scores.numel()))  # 3. the best pre_nms_top_n, sorted
+    scores, order = scores.topk(min(pre_nms_top_n, scores.numel()))
     return boxes[order], scores
 
 
@@ -139,9 +148,10 @@ def select_proposals(boxes: Tensor, scores: Tensor, image_size: tuple[int, int],
     runs NMS on the best boxes only when that is enough (the same result, less work).
 
     ``topk_first=True`` does (3) before (1)–(2), which is torchvision's ``RegionProposalNetwork.filter_proposals``
-    order. The two orders differ only when boxes dropped in (2) are among the ``pre_nms_top_n`` best (then
-    torchvision ends with fewer candidates) and in the order of exactly tied scores; with ``pre_nms_top_n >= N`` and
-    no ties they are identical.
+    order. The two orders differ only when boxes dropped in (2) are among the ``pre_nms_top_n`` best and
+    ``pre_nms_top_n < N`` (then torchvision ends with fewer candidates). Otherwise they are identical, exactly tied
+    scores included: the default order ranks with the same top-k call and filters the ranking (ties in a
+    different order would put different boxes through NMS and the RoI sampler).
 
     Args:
         boxes: ``Tensor[N, 4]`` xyxy decoded anchors; scores: ``Tensor[N]`` objectness, any score increasing

@@ -62,12 +62,13 @@ def _targets(same_shape: bool = False):
             {"boxes": third, "labels": torch.tensor([2, 2, 1])}]
 
 
-# The paper's proposal order (the default) and torchvision's differ only in which of several exactly tied
-# scores comes first: over the zero padding of a batch of different sizes anchors have identical features,
-# hence tied scores. A batch without padding compares the default order; ``rpn_topk_first=True`` (torchvision's
-# sequence of operations) is compared on a padded batch and with a top-n cut below the anchor count.
+# Over the zero padding of a batch of different sizes anchors have identical features, hence exactly tied
+# scores: the padded batches check that the paper's proposal order (the default) ranks ties as torchvision does
+# (it did not before it ranked with torchvision's own top-k call). ``rpn_topk_first=True`` (torchvision's
+# sequence of operations) is compared with a top-n cut below the anchor count too.
 @pytest.mark.parametrize("kw, same_shape", [
     ({}, True),
+    ({}, False),
     ({"roi_op": "roi_align", "anchor_sizes": (24, 48, 96, 160), "aspect_ratios": (0.6, 1.6)}, True),
     ({"rpn_mid_channels": 24, "min_size": 96, "max_size": 150, "rpn_post_nms_top_n_test": 120}, True),
     ({"rpn_topk_first": True}, False),

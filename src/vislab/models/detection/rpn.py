@@ -95,24 +95,20 @@ def pre_nms_proposals(boxes: Tensor, scores: Tensor, image_size: tuple[int, int]
     Returns ``(boxes Tensor[K, 4], scores Tensor[K])``, clipped, sorted by score (descending).
     """
     _check_proposal_inputs(boxes, scores, pre_nms_top_n, min_size)
-    if topk_first:  # torchvision's order: best pre_nms_top_n first, then clip and drop the small ones
-        scores, order = scores.topk(min(pre_nms_top_n, scores.numel()))
-        boxes = clip_boxes_to_image(boxes[order], image_size)
-        keep = remove_small_boxes(boxes, min_size)
-        return boxes[keep], scores[keep]
-    # Rank first, filter the ranking: when no small box is among the best pre_nms_top_n (or every box is ranked)
-    # that is exactly steps 1-3, and exactly tied scores keep the order torchvision's top-k gives them.
+    # torchvision's order: the best pre_nms_top_n first, then clip and drop the small ones. It is also the paper's
+    # order (1. clip, 2. drop small, 3. top-n) whenever no small box is among the best k or every box is ranked, and
+    # then ranking first keeps exactly tied scores in the order torchvision's top-k gives them.
     k = min(pre_nms_top_n, scores.numel())
     top, order = scores.topk(k)
-    ranked = clip_boxes_to_image(boxes[order], image_size)  # 1. clip to the image
-    keep = remove_small_boxes(ranked, min_size)  # 2. drop boxes with a side below min_size
-    if keep.numel() == k or k == scores.numel():
-        return ranked[keep], top[keep]  # 3. the best pre_nms_top_n of the boxes that are left, sorted
-    # small boxes took places in the best k: the top-n must reach past them, as the order 1-2-3 does
-    boxes = clip_boxes_to_image(boxes, image_size)
-    keep = remove_small_boxes(boxes, min_size)
+    ranked = clip_boxes_to_image(boxes[order], image_size)
+    keep = remove_small_boxes(ranked, min_size)
+    if topk_first or keep.numel() == k or k == scores.numel():
+        return ranked[keep], top[keep]
+    # the paper's order with small boxes among the best k: its top-n reaches past them
+    boxes = clip_boxes_to_image(boxes, image_size)  # 1.
+    keep = remove_small_boxes(boxes, min_size)  # 2.
     boxes, scores = boxes[keep], scores[keep]
-    scores, order = scores.topk(min(pre_nms_top_n, scores.numel()))
+    scores, order = scores.topk(min(pre_nms_top_n, scores.numel()))  # 3.
     return boxes[order], scores
 
 

@@ -468,7 +468,9 @@ class ChangeDetection(Experiment):
         rep.heading("Error against the size of the change")
         rep.figure(_error_figure(per_method, _truth(ds["test"].targets), run.figure("error_vs_change.png")),
                    "Median error per bin of the true change (each method on the same test pairs): translation error "
-                   "against |t| (shifted pairs), translation error against s, scale error against s (all pairs).")
+                   "against |t| (shifted pairs), translation error against s, scale error against s (all pairs). "
+                   f"Log axes: a median below {_ERROR_FLOOR:g} (an exact 0 when a method reports no shift or "
+                   f"s = 1) is drawn at {_ERROR_FLOOR:g}.")
         rep.heading("Change types")
         rep.figure(_confusion_figure(per_method, run.figure("confusion.png")),
                    "Confusion matrices of the change type (rows: true, columns: predicted).")
@@ -524,6 +526,9 @@ class ChangeDetection(Experiment):
                    "Test pairs: img1 (with the true change), img2 (with the network's estimate), img2 mapped back "
                    "into img1's frame with the hybrid's estimate (\"back\"; black: outside img2), and the absolute "
                    "differences before and after.")
+
+
+_ERROR_FLOOR = 1e-3  # log-axis floor of the error-vs-change figure
 
 
 def _change_text(dx: float, dy: float, log_s: float) -> str:
@@ -628,7 +633,7 @@ def _error_figure(per_method: dict[str, dict[str, Any]], truth: dict[str, Tensor
         for j, m in enumerate(METHODS):
             y = per_method[m][key] if sel is None else per_method[m][key][sel]
             c, med = _binned(x, y, edges)
-            ax.plot(c, np.maximum(med, 1e-3), "o-", color=_COLORS[j % 10], label=m, ms=4)
+            ax.plot(c, np.maximum(med, _ERROR_FLOOR), "o-", color=_COLORS[j % 10], label=m, ms=4)
         ax.set_yscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"median {ylabel}")

@@ -9,6 +9,30 @@ import sys
 
 EXIT_USAGE = 2
 
+# Task commands: each module defines ``add_arguments(parser)`` and ``<name>_command(args)``, and keeps its
+# heavy imports (torch, scipy, skimage) inside functions, so building the parser stays cheap.
+TASK_COMMANDS = {
+    "gradcam": "vislab.explain.cli",
+    "detect": "vislab.commands.detect",
+    "segment": "vislab.commands.segment",
+    "change": "vislab.commands.change",
+}
+TASK_HELP = {
+    "gradcam": {"help": "Grad-CAM overlays for images, from a vislab checkpoint"},
+    "detect": {"help": "boxes on images from a detection checkpoint (Faster R-CNN)"},
+    "segment": {"help": "a mask from a box prompt with a fine-tuned SAM checkpoint"},
+    "change": {"help": "displacement and scaling between two images",
+               "description": "Estimate how IMG2 differs from IMG1. Convention: IMG2 is IMG1 scaled by s about the "
+                              "image centre c, then shifted by t = (dx, dy) pixels (x right, y down): a point p of "
+                              "IMG1 appears at s*(p - c) + c + t in IMG2. Change types: none, shift, scale, both."},
+}
+
+
+def _import(module: str):  # noqa: ANN202 - a module
+    import importlib
+
+    return importlib.import_module(module)
+
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/NAME-YYYYmmdd-HHMMSS)")
@@ -54,44 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("arith", help="conv arithmetic: shapes, params, MACs, receptive fields (see `vislab arith -h`)",
                    add_help=False)
 
-    p = sub.add_parser("gradcam", help="Grad-CAM overlays for images, from a vislab checkpoint")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint written by a vislab run")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--out", default="gradcam", metavar="DIR", help="folder for the overlays (default: gradcam)")
-    p.add_argument("--layer", default=None, help="module name of the conv layer (default: the last conv)")
-    p.add_argument("--target", type=int, default=None, help="class index to explain (default: the prediction)")
-
-    p = sub.add_parser("detect", help="boxes on images from a detection checkpoint (Faster R-CNN)")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint written by `vislab run detection`")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--score", type=float, default=0.5, help="keep detections with at least this score (default 0.5)")
-    p.add_argument("--out", default="detections", metavar="DIR",
-                   help="folder for the images with boxes and detections.json (COCO results format)")
-
-    p = sub.add_parser("segment", help="a mask from a box prompt with a fine-tuned SAM checkpoint")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT",
-                   help="a checkpoint written by `vislab run sam-finetune`")
-    p.add_argument("image", metavar="IMAGE")
-    p.add_argument("--box", required=True, metavar="x0,y0,x1,y1", help="the prompt box in the image's pixels")
-    p.add_argument("--sam-checkpoint", default=None, metavar="PTH", dest="sam_checkpoint",
-                   help="the official SAM weights for a checkpoint fine-tuned on SAM's own encoder, when the file "
-                        "is no longer where training found it (not needed for the offline encoder)")
-    p.add_argument("--out", default="segment", metavar="DIR", help="folder for the mask PNG and the overlay")
-
-    p = sub.add_parser(
-        "change", help="displacement and scaling between two images",
-        description="Estimate how IMG2 differs from IMG1. Convention: IMG2 is IMG1 scaled by s about the image "
-                    "centre c, then shifted by t = (dx, dy) pixels (x right, y down): a point p of IMG1 appears at "
-                    "s*(p - c) + c + t in IMG2. Change types: none, shift, scale, both.")
-    p.add_argument("img1", metavar="IMG1")
-    p.add_argument("img2", metavar="IMG2")
-    p.add_argument("--method", default=None, choices=["net", "hybrid", "phase", "fourier-mellin", "fourier_mellin"],
-                   help="default: hybrid with --checkpoint, fourier-mellin without (fourier_mellin, the experiment's "
-                        "spelling, is the same method)")
-    p.add_argument("--checkpoint", metavar="CKPT", help="a checkpoint written by `vislab run change-detection`")
-    p.add_argument("--json", action="store_true", help='print one JSON object {"dx", "dy", "scale", "change"}')
-    p.add_argument("--out", default=None, metavar="DIR", help="folder for the overlay (img1, img2 warped back, "
-                   "difference)")
+    for name, module in TASK_COMMANDS.items():
+        _import(module).add_arguments(sub.add_parser(name, **TASK_HELP[name]))
     return parser
 
 
@@ -115,15 +103,8 @@ def _dispatch(args: argparse.Namespace, rest: list[str]) -> int:
         from vislab.experiments.demo import run_demo
 
         return run_demo(quick=args.quick, out=args.out, only=args.only, accelerator=args.accelerator)
-    if args.command == "gradcam":
-        from vislab.explain.cli import gradcam_command
-
-        return gradcam_command(args)
-    if args.command in ("detect", "segment", "change"):
-        import importlib
-
-        module = importlib.import_module(f"vislab.commands.{args.command}")
-        return getattr(module, f"{args.command}_command")(args)
+    if args.command in TASK_COMMANDS:
+        return getattr(_import(TASK_COMMANDS[args.command]), f"{args.command}_command")(args)
     raise AssertionError(args.command)
 
 

@@ -19,6 +19,7 @@ pixels; without a checkpoint, those of the experiment's defaults (2 px per 128 p
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -27,6 +28,19 @@ from typing import Any
 import numpy as np
 
 from vislab.errors import UserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of `vislab change` (the CLI builds its parser from this)."""
+    p.add_argument("img1", metavar="IMG1")
+    p.add_argument("img2", metavar="IMG2")
+    p.add_argument("--method", default=None, choices=["net", "hybrid", "phase", "fourier-mellin", "fourier_mellin"],
+                   help="default: hybrid with --checkpoint, fourier-mellin without (fourier_mellin, the experiment's "
+                        "spelling, is the same method)")
+    p.add_argument("--checkpoint", metavar="CKPT", help="a checkpoint written by `vislab run change-detection`")
+    p.add_argument("--json", action="store_true", help='print one JSON object {"dx", "dy", "scale", "change"}')
+    p.add_argument("--out", default=None, metavar="DIR", help="folder for the overlay (img1, img2 warped back, "
+                   "difference)")
 
 METHODS = ("net", "hybrid", "phase", "fourier-mellin")
 MIN_SIDE = 64

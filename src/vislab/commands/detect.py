@@ -18,16 +18,25 @@ The model sees each image as it saw its training images: resized to the checkpoi
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
 from vislab.errors import UserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of `vislab detect` (the CLI builds its parser from this)."""
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint written by `vislab run detection`")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--score", type=float, default=0.5, help="keep detections with at least this score (default 0.5)")
+    p.add_argument("--out", default="detections", metavar="DIR",
+                   help="folder for the images with boxes and detections.json (COCO results format)")
 
 _PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
             (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
@@ -71,6 +80,8 @@ def draw_detections(img: Image.Image, boxes: np.ndarray, labels: list[int], scor
 def detect_command(args: Any) -> int:
     """Entry point: ``args.checkpoint`` (str), ``args.images`` (list of str), ``args.score`` (float),
     ``args.out`` (str). Returns the exit code (0)."""
+    import torch
+
     from vislab.engine.run_dir import atomic_write_bytes, atomic_write_text
     from vislab.experiments.detection import load_detector_checkpoint
 

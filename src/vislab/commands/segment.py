@@ -11,12 +11,25 @@ An official-SAM checkpoint needs the SAM weights file it was trained on (recorde
 
 from __future__ import annotations
 
+import argparse
 import io
 import math
 from pathlib import Path
 from typing import Any
 
 from vislab.errors import UserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of `vislab segment` (the CLI builds its parser from this)."""
+    p.add_argument("--checkpoint", required=True, metavar="CKPT",
+                   help="a checkpoint written by `vislab run sam-finetune`")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--box", required=True, metavar="x0,y0,x1,y1", help="the prompt box in the image's pixels")
+    p.add_argument("--sam-checkpoint", default=None, metavar="PTH", dest="sam_checkpoint",
+                   help="the official SAM weights for a checkpoint fine-tuned on SAM's own encoder, when the file "
+                        "is no longer where training found it (not needed for the offline encoder)")
+    p.add_argument("--out", default="segment", metavar="DIR", help="folder for the mask PNG and the overlay")
 
 # numpy, PIL and torch are imported where they are used: a bad argument fails fast, without loading torch.
 

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from vislab.engine.checkpoint import model_state, read_checkpoint
 from vislab.errors import UserError
 
 
-def load_classifier(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of `vislab gradcam` (the CLI builds its parser from this)."""
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint written by a vislab run")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--out", default="gradcam", metavar="DIR", help="folder for the overlays (default: gradcam)")
+    p.add_argument("--layer", default=None, help="module name of the conv layer (default: the last conv)")
+    p.add_argument("--target", type=int, default=None, help="class index to explain (default: the prediction)")
+
+
+def load_classifier(checkpoint: str | Path) -> tuple[Any, dict[str, Any]]:
     """Rebuild the model saved by a classification run (weights_only load) and return it with its metadata."""
+    from vislab.engine.checkpoint import model_state, read_checkpoint
+
     ckpt, meta = read_checkpoint(checkpoint, "classification", what="a classification run (folder-classifier, vit)")
     spec = meta["model"]
     if spec["kind"] == "registry":
@@ -28,6 +37,8 @@ def load_classifier(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, 
 
 
 def gradcam_command(args: Any) -> int:
+    import torch
+
     from vislab.data.image_folder import load_rgb
     from vislab.data.transforms import denormalize, eval_transform
     from vislab.explain.gradcam import GradCAM, overlay

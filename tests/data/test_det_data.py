@@ -198,7 +198,7 @@ def test_missing_and_malformed_annotation_files(tmp_path, coco_root):
 def test_unreadable_image_is_a_user_error(coco_root):
     ds = CocoDetectionDataset(coco_root / "annotations" / "instances_train2017.json", coco_root / "train2017")
     ds.image_path(0).write_bytes(b"not an image")
-    with pytest.raises(UserError, match="cannot be read"):
+    with pytest.raises(UserError, match="cannot read image .*000000000001.jpg: not an image format"):
         ds[0]
     ds.image_path(1).unlink()
     with pytest.raises(UserError, match="not found"):
@@ -309,3 +309,59 @@ def test_default_source_goes_to_the_cache_and_collates(monkeypatch, tmp_path):
     images, targets = collate_fn([data.train[0], data.train[1]])
     assert isinstance(images, list) and len(images) == 2 and images[0].shape == (3, 48, 48)
     assert [t["id"] for t in targets] == data.train.image_ids[:2]
+
+
+# -- content checks before the run ----------------------------------------------------------------------
+
+
+def test_content_scan_finds_bad_annotations_before_the_run(coco_root):
+    """check_detection_source parses every file and stats every image: each fault is one UserError line."""
+    ann = coco_root / "annotations" / "instances_train2017.json"
+    good = json.loads(ann.read_text())
+    check_detection_source("coco", str(coco_root))
+
+    def fault(edit, match):
+        d = json.loads(json.dumps(good))
+        edit(d)
+        ann.write_text(json.dumps(d))  # NaN is written as the bare token NaN, which Python's json reads
+        with pytest.raises(UserError, match=match) as err:
+            check_detection_source("coco", str(coco_root))
+        assert "\n" not in str(err.value) and "instances_train2017.json" in str(err.value)
+
+    fault(lambda d: d["annotations"][0]["bbox"].__setitem__(2, float("nan")), r"annotation 1 \(image 1\) has a "
+                                                                              r"non-finite bbox \[2.0, 3.0, nan")
+    fault(lambda d: d["annotations"][1]["bbox"].__setitem__(0, float("inf")), "non-finite bbox")
+    fault(lambda d: d["annotations"][0]["bbox"].__setitem__(3, -4.0), "negative width or height")
+    fault(lambda d: d["annotations"][0].pop("bbox"), "lacks 'bbox'")
+    fault(lambda d: d.__setitem__("categories", []), "'categories' is empty")
+    fault(lambda d: d.pop("categories"), "missing the list 'categories'")
+    fault(lambda d: d["images"][1].__setitem__("id", 1), "image id 1 appears twice")
+    fault(lambda d: d["annotations"][0].__setitem__("image_id", 777), "refers to image_id 777")
+    fault(lambda d: d["images"].append({"id": 5, "file_name": "gone.jpg"}), r"1 image file\(s\) not found .*'gone.jpg'")
+    ann.write_text(json.dumps(good))
+    d = json.loads(json.dumps(good))
+    d["annotations"][0]["bbox"][2] = 0.0  # zero width: not an error, dropped as degenerate
+    ann.write_text(json.dumps(d))
+    check_detection_source("coco", str(coco_root))
+    assert CocoDetectionDataset(ann, coco_root / "train2017").dropped_degenerate == 3
+
+
+def test_voc_content_scan(voc_root):
+    voc = voc_root / "VOCdevkit" / "VOC2007"
+    (voc / "Annotations" / "000009.xml").write_text(_voc_xml("000009", 50, 40, [("dog", (30, 4, 20, 22), 0)]))
+    with pytest.raises(UserError, match=r"000009.xml' has a dog box \[xmin 30.*xmax < xmin"):
+        check_detection_source("voc", str(voc_root))
+    (voc / "Annotations" / "000009.xml").write_text(_voc_xml("000009", 50, 40, [("dog", (3, 4, 20, 22), 0)]))
+    (voc / "JPEGImages" / "000012.jpg").unlink()  # in test.txt
+    with pytest.raises(UserError, match=r"1 image file\(s\) not found .*'000012.jpg'"):
+        check_detection_source("voc", str(voc_root))
+    (voc / "Annotations" / "000016.xml").write_text("<annotation><size>")
+    with pytest.raises(UserError, match="000016.xml.*malformed"):
+        check_detection_source("voc", str(voc_root))
+
+
+def test_image_size_that_disagrees_with_the_annotation_is_refused(coco_root):
+    ds = CocoDetectionDataset(coco_root / "annotations" / "instances_train2017.json", coco_root / "train2017")
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).transpose(Image.Transpose.ROTATE_90).save(ds.image_path(0))
+    with pytest.raises(UserError, match=r"is 30×40 .* but its annotation says 40×30"):
+        ds[0]

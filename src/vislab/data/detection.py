@@ -36,6 +36,15 @@ image; a box whose width or height is below 1 pixel after clipping is **dropped 
 (``dropped_degenerate``): torchvision's detectors raise on such boxes. Images without any box are
 kept (negatives). A missing or malformed annotation file raises :class:`vislab.errors.UserError`
 with one line naming the file.
+
+Content checks (:func:`check_coco_dict`, :func:`check_coco_images`, and :func:`check_detection_source`, which
+runs them all before a run folder exists): the file parses; it has the three lists; categories are listed,
+with unique ids; image ids are unique; every annotation has a bbox of 4 finite numbers with a width and
+height that are not negative, an ``image_id`` among the images and a ``category_id`` among the
+categories; every image file exists; VOC objects name one of the 20 classes and have a box with
+``xmin <= xmax`` and ``ymin <= ymax``. Boxes of zero width or height are not an error: they are dropped and
+counted as degenerate with the sub-pixel ones (MS COCO itself holds a few). Images are read by
+:mod:`vislab.io.images` (EXIF orientation, 16-bit scaled, alpha on black).
 """
 
 from __future__ import annotations
@@ -60,6 +69,8 @@ from torch.utils.data import Dataset
 from vislab.data.generated import building, is_complete
 from vislab.engine.run_dir import atomic_write_text
 from vislab.errors import UserError
+from vislab.io.images import image_size as _image_size
+from vislab.io.images import open_image
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
@@ -80,15 +91,27 @@ def load_coco_json(path: str | Path) -> dict[str, Any]:
     ``category_id``/``bbox`` of 4 numbers, category ``id``/``name``).
     """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"annotation file {str(path)!r} is a folder, not a COCO JSON file")
     if not path.is_file():
         raise UserError(f"annotation file {str(path)!r} not found")
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if key in _CHECKED_JSON:  # parsed and checked by the scan before the run: not twice
+        return _CHECKED_JSON[key]
     try:
         with open(path, encoding="utf-8") as f:
             d = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"annotation file {str(path)!r} is not valid JSON ({exc})") from None
     check_coco_dict(d, str(path))
+    if len(_CHECKED_JSON) >= 3:  # the splits of one source; older entries go
+        _CHECKED_JSON.pop(next(iter(_CHECKED_JSON)))
+    _CHECKED_JSON[key] = d
     return d
+
+
+_CHECKED_JSON: dict[tuple[str, int, int], dict[str, Any]] = {}
 
 
 def check_coco_dict(d: Any, where: str = "annotations") -> None:
@@ -107,19 +130,58 @@ def check_coco_dict(d: Any, where: str = "annotations") -> None:
     ids = [c["id"] for c in d["categories"]]
     if len(set(ids)) != len(ids):
         raise UserError(f"{where}: category ids must be unique, got {sorted(ids)}")
+    image_ids: set[Any] = set()
     for im in d["images"]:
         if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
-            raise UserError(f"{where}: every image needs 'id' and 'file_name', got {im!r}")
+            raise UserError(f"{where}: every image needs 'id' and 'file_name', got {_short(im)}")
+        if im["id"] in image_ids:
+            raise UserError(f"{where}: image id {im['id']!r} appears twice (e.g. {im['file_name']!r}); image ids "
+                            "must be unique")
+        image_ids.add(im["id"])
     cats = set(ids)
     for a in d["annotations"]:
         if not isinstance(a, dict) or not {"image_id", "category_id", "bbox"} <= set(a):
-            raise UserError(f"{where}: every annotation needs 'image_id', 'category_id' and 'bbox', got {a!r}")
+            missing = sorted({"image_id", "category_id", "bbox"} - set(a)) if isinstance(a, dict) else []
+            raise UserError(f"{where}: every annotation needs 'image_id', 'category_id' and 'bbox'; "
+                            f"{_short(a)} lacks {', '.join(map(repr, missing)) or 'them'}")
         b = a["bbox"]
-        if not isinstance(b, (list, tuple)) or len(b) != 4 or not all(isinstance(v, (int, float)) for v in b):
+        if (not isinstance(b, (list, tuple)) or len(b) != 4
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b)):
             raise UserError(f"{where}: annotation {a.get('id')} has bbox {b!r}; expected [x, y, width, height]")
+        if not all(math.isfinite(v) for v in b):
+            raise UserError(f"{where}: annotation {a.get('id')} (image {a['image_id']!r}) has a non-finite bbox "
+                            f"{_box_text(b)}; expected 4 finite numbers [x, y, width, height]")
+        if b[2] < 0 or b[3] < 0:
+            raise UserError(f"{where}: annotation {a.get('id')} (image {a['image_id']!r}) has bbox {_box_text(b)} "
+                            "with a negative width or height; expected [x, y, width, height]")
         if a["category_id"] not in cats:
             raise UserError(f"{where}: annotation {a.get('id')} has category_id {a['category_id']}, which is not "
                             f"among the file's categories")
+        if a["image_id"] not in image_ids:
+            raise UserError(f"{where}: annotation {a.get('id')} refers to image_id {a['image_id']!r}, which is not "
+                            "among the file's images")
+
+
+def _short(v: Any, n: int = 120) -> str:
+    text = repr(v)
+    return text if len(text) <= n else text[:n - 3] + "..."
+
+
+def _box_text(b: Sequence[float]) -> str:
+    return "[" + ", ".join(str(v) for v in b) + "]"
+
+
+def check_coco_images(d: dict[str, Any], image_dir: str | Path, where: str = "annotations",
+                      image_ids: Sequence[int] | None = None) -> None:
+    """Raise :class:`UserError` unless every image file of ``d`` (or of ``image_ids``) exists in ``image_dir``
+    (one ``stat`` per file, no decoding). The message counts the missing files and names the first."""
+    image_dir = Path(image_dir)
+    keep = None if image_ids is None else set(image_ids)
+    missing = [im["file_name"] for im in d["images"] if (keep is None or im["id"] in keep)
+               and not (image_dir / im["file_name"]).is_file()]
+    if missing:
+        raise UserError(f"{where}: {len(missing)} image file(s) not found in {str(image_dir)!r}, e.g. "
+                        f"{missing[0]!r}")
 
 
 def category_mapping(categories: list[dict[str, Any]]) -> tuple[list[int], list[str]]:
@@ -197,9 +259,8 @@ class CocoDetectionDataset(Dataset):
         for img_id in self.image_ids:
             rec = self.coco.imgs[img_id]
             w, h = rec.get("width"), rec.get("height")
-            if not w or not h:  # not in the file: read the image header
-                with Image.open(self.image_dir / rec["file_name"]) as im:
-                    w, h = im.size
+            if not w or not h:  # not in the file: read the image header (EXIF-oriented, as the pixels are read)
+                w, h = _image_size(self.image_dir / rec["file_name"])
             boxes, labels, crowd = [], [], []
             for a in self.coco.imgToAnns.get(img_id, []):
                 if a["category_id"] not in label_of:
@@ -235,13 +296,9 @@ class CocoDetectionDataset(Dataset):
     def load_image(self, i: int) -> Image.Image:
         """The ``i``-th image as RGB ``PIL.Image`` at its original size."""
         path = self.image_path(i)
-        try:
-            with Image.open(path) as im:
-                return im.convert("RGB")
-        except FileNotFoundError:
-            raise UserError(f"image {str(path)!r} of {self.name} (id {self.image_ids[i]}) not found") from None
-        except OSError as exc:
-            raise UserError(f"image {str(path)!r} of {self.name} cannot be read ({exc})") from None
+        if not path.is_file():
+            raise UserError(f"image {str(path)!r} of {self.name} (id {self.image_ids[i]}) not found")
+        return open_image(path, "rgb")
 
     def target(self, i: int) -> dict[str, Any]:
         """The ``i``-th target in the returned image's pixels (before any flip)."""
@@ -255,6 +312,10 @@ class CocoDetectionDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Any]]:
         img = self.load_image(i)
+        r = self._records[i]
+        if img.size != (r["width"], r["height"]):  # the boxes are in the annotation's frame: never rescale silently
+            raise UserError(f"image {str(self.image_path(i))!r} of {self.name} is {img.size[0]}×{img.size[1]} "
+                            f"(after its EXIF orientation) but its annotation says {r['width']}×{r['height']}")
         if self.image_size is not None:
             img = img.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
         x = torch.from_numpy(np.asarray(img, np.float32) / 255.0).permute(2, 0, 1).contiguous()  # (3, H, W)
@@ -326,7 +387,12 @@ def voc_to_coco(voc: str | Path, names: Sequence[str], *, first_id: int = 1) -> 
                     raise UserError(f"Pascal VOC annotation {str(path)!r} has an object of unknown class {cls!r}; "
                                     f"expected one of the 20 VOC classes")
                 bb = obj.find("bndbox")
+                if bb is None:
+                    raise UserError(f"Pascal VOC annotation {str(path)!r} has an object ({cls}) without a bndbox")
                 x0, y0, x1, y1 = (float(bb.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax"))  # type: ignore
+                if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 < x0 or y1 < y0:
+                    raise UserError(f"Pascal VOC annotation {str(path)!r} has a {cls} box [xmin {x0:g}, ymin {y0:g}, "
+                                    f"xmax {x1:g}, ymax {y1:g}] that is not finite or has xmax < xmin or ymax < ymin")
                 x0, y0 = x0 - 1, y0 - 1  # 1-based inclusive pixels -> continuous coordinates
                 anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": cat_id[cls],
                              "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
@@ -455,8 +521,14 @@ def load_detection_data(data: str | None, root: str | None, *, image_size: int |
                              limits=limits, hflip=hflip, name=Path(data).name)
 
 
-def check_detection_source(data: str | None, root: str | None) -> None:
-    """Cheap checks (paths only, no parsing) that ``--data``/``--root`` can work; :class:`UserError` if not."""
+def check_detection_source(data: str | None, root: str | None, *, content: bool = True) -> None:
+    """Check, before any run folder exists, that ``--data``/``--root`` can work; :class:`UserError` if not.
+
+    The paths first; then, with ``content`` (the default), the content scan of the module docstring: every
+    annotation file parsed and checked (COCO JSON, or the VOC XML of every image of the split lists) and
+    every image file's existence (one ``stat`` each, no decoding). Parsed COCO files are kept, so the data
+    step that follows does not parse them again. The embedded scenes are generated by vislab: not scanned.
+    """
     if data in (None, "scenes"):
         return
     if data == "voc":
@@ -469,6 +541,12 @@ def check_detection_source(data: str | None, root: str | None) -> None:
                                 "not found")
         if not (voc / "JPEGImages").is_dir():
             raise UserError(f"Pascal VOC image folder {str(voc / 'JPEGImages')!r} not found")
+        if content:
+            splits = [s for s in SPLITS if (voc / "ImageSets" / "Main" / f"{s}.txt").is_file()]
+            names = sorted({n for s in splits for n in _voc_ids(voc, s)})
+            if not names:
+                raise UserError(f"Pascal VOC split files under {str(voc / 'ImageSets' / 'Main')!r} list no images")
+            check_coco_images(voc_to_coco(voc, names), voc / "JPEGImages", f"Pascal VOC {voc}")
         return
     if data == "coco":
         if not root:
@@ -479,7 +557,11 @@ def check_detection_source(data: str | None, root: str | None) -> None:
         if not folder.is_dir():
             raise UserError(f"unknown --data {data!r}: expected coco, voc (with --root) or a folder with a COCO "
                             "annotation file")
-    find_coco_files(folder)
+    files = find_coco_files(folder)
+    if content:
+        for ann, img_dir in files.values():
+            d = load_coco_json(ann)
+            check_coco_images(d, img_dir, str(ann))
 
 
 def _from_coco_folder(root: Path, *, image_size: int | None, seed: int, val_fraction: float,

@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from vislab.engine.run_dir import atomic_write_text
 from vislab.errors import UserError
+from vislab.io.images import check_image, open_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 MIN_PER_CLASS = 3
@@ -44,15 +45,8 @@ class ScanResult:
 
 
 def _check_image(path: Path) -> str | None:
-    """None if ``path`` decodes as an image, else the reason it does not."""
-    try:
-        with Image.open(path) as im:
-            im.verify()
-        with Image.open(path) as im:  # verify() does not decode pixels; load() does
-            im.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'cannot decode'}"
-    return None
+    """None if ``path`` decodes as an image (:func:`vislab.io.images.check_image`), else the reason."""
+    return check_image(path)
 
 
 def scan_image_folder(root: str | Path, *, verify: bool = True, min_per_class: int = MIN_PER_CLASS) -> ScanResult:
@@ -95,7 +89,9 @@ def scan_image_folder(root: str | Path, *, verify: bool = True, min_per_class: i
     result = ScanResult(root=root, classes=classes, items=items, skipped=skipped, ignored=ignored)
     few = {c: n for c, n in result.counts().items() if n < min_per_class}
     if few:
-        desc = ", ".join(f"{c!r} has {n}" for c, n in few.items())
+        bad = {c: [r for r, _ in skipped if Path(r).parts[0] == c] for c in few}
+        desc = ", ".join(f"{c!r} has {n}" + (f" ({len(bad[c])} file(s) that do not decode, e.g. {bad[c][0]})"
+                                             if bad[c] else "") for c, n in few.items())
         raise UserError(f"every class needs at least {min_per_class} readable images for a train/val/test split: "
                         f"{desc}")
     return result
@@ -150,10 +146,10 @@ def limit_indices(idx: list[int], limit: int | None, labels: Sequence[int], seed
 
 
 def load_rgb(path: str | Path, size: int) -> Tensor:
-    """Decode to RGB and resize (bilinear, antialiased) to ``size×size``: ``Tensor[3, S, S]`` uint8."""
-    with Image.open(path) as im:
-        im = im.convert("RGB").resize((size, size), Image.BILINEAR)
-        arr = np.asarray(im, dtype=np.uint8).copy()
+    """Decode to RGB with the one image reader (:func:`vislab.io.images.open_image`: EXIF orientation,
+    16-bit scaled, alpha on black) and resize (bilinear, antialiased) to ``size×size``: ``Tensor[3, S, S]`` uint8."""
+    im = open_image(path, "rgb").resize((size, size), Image.BILINEAR)
+    arr = np.asarray(im, dtype=np.uint8).copy()
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 

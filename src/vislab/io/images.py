@@ -105,6 +105,8 @@ def _open(path: str | Path) -> Image.Image:
                     out = im.copy()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageReadError(_bomb_message(p, exc)) from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"cannot read image {p}: not an image format that Pillow can decode") from None
     except _DECODE_ERRORS as exc:
         raise ImageReadError(f"cannot read image {p}: {_first_line(exc)}") from None
     return out
@@ -214,6 +216,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
                 orientation = im.getexif().get(0x0112, 1)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageReadError(_bomb_message(p, exc)) from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"cannot read image {p}: not an image format that Pillow can decode") from None
     except _DECODE_ERRORS as exc:
         raise ImageReadError(f"cannot read image {p}: {_first_line(exc)}") from None
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)

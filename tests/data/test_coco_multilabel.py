@@ -18,6 +18,7 @@ from vislab.data.coco_multilabel import (
     CocoMultiLabel,
     category_mapping,
     multilabel_targets,
+    scan_coco_multilabel,
 )
 
 H, W = 16, 20
@@ -188,3 +189,27 @@ def test_errors(mini_coco, tmp_path):
         category_mapping([])
     with pytest.raises(ValueError, match=r"category_id 4, which is not among the file's categories \[1, 3\]"):
         multilabel_targets([{"id": 1, "image_id": 1, "category_id": 4}], [1], [1, 3])
+
+
+def test_scan_before_the_run(mini_coco, tmp_path):
+    from vislab.errors import UserError
+
+    scan_coco_multilabel(mini_coco)
+    with pytest.raises(UserError, match=r"COCO root .*nope.* is not a directory"):
+        scan_coco_multilabel(tmp_path / "nope")
+    ann = mini_coco / "annotations" / "instances_val2017.json"
+    good = ann.read_text()
+    ann.write_text(good[:-20])
+    with pytest.raises(UserError, match=r"instances_val2017.json' is not valid JSON"):
+        scan_coco_multilabel(mini_coco)
+    with pytest.raises(UserError, match="not valid JSON"):  # the dataset says the same, in one line
+        CocoMultiLabel(mini_coco, "val")
+    d = json.loads(good)
+    d["annotations"][0]["bbox"][0] = float("nan")
+    ann.write_text(json.dumps(d))
+    with pytest.raises(UserError, match="non-finite bbox"):
+        scan_coco_multilabel(mini_coco)
+    ann.write_text(good)
+    (mini_coco / "val2017" / "000000000008.jpg").unlink()
+    with pytest.raises(UserError, match=r"1 image file\(s\) not found .*000000000008.jpg"):
+        scan_coco_multilabel(mini_coco)

@@ -16,15 +16,15 @@ the category *is* present, so by default they count as positives (``crowd_as_pos
 with ``False`` they are ignored. Images without any (counted) annotation are kept as all-negative
 samples (``keep_empty=True``, about 1% of COCO) or dropped (``keep_empty=False``).
 
-Images are read with PIL, converted to RGB, resized to a square ``image_size × image_size``
-(aspect ratio not kept: every category stays visible, which a centre crop would not guarantee)
-and normalised with the ImageNet mean and std.
+The annotation files are parsed and checked as the detection data's (:func:`vislab.data.detection.load_coco_json`);
+:func:`scan_coco_multilabel` runs those checks and the image files' existence before a run starts. Images are
+read by :func:`vislab.io.images.open_image` (EXIF orientation, 16-bit scaled, alpha on black), resized to a
+square ``image_size × image_size`` (aspect ratio not kept: every category stays visible, which a centre
+crop would not guarantee) and normalised with the ImageNet mean and std.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +33,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from vislab.errors import UserError
+from vislab.io.images import open_image
 
 # The 80 categories of COCO 2014/2017 detection, (id, name), in id order.
 # Facts from the official instances_*.json files (also listed in detectron2's builtin_meta.py).
@@ -83,6 +86,21 @@ def coco_paths(root: str | Path, split: str, *, year: str = "2017") -> tuple[Pat
     if not image_dir.is_dir():
         raise FileNotFoundError(f"COCO image folder {str(image_dir)!r} not found; expected {layout}")
     return ann_file, image_dir
+
+
+def scan_coco_multilabel(root: str | Path, splits: tuple[str, ...] = SPLITS, *, year: str = "2017") -> None:
+    """The content checks of a COCO root before any run folder exists; :class:`UserError` (one line) on the first
+    fault: the layout, each annotation file parsed and checked (:func:`vislab.data.detection.check_coco_dict`:
+    schema, categories, finite boxes, unique image ids) and every image file's existence (no decoding). The
+    parsed files are kept, so the dataset does not parse them again."""
+    from vislab.data.detection import check_coco_images, load_coco_json
+
+    for split in splits:
+        try:
+            ann_file, image_dir = coco_paths(root, split, year=year)
+        except FileNotFoundError as exc:
+            raise UserError(str(exc)) from None
+        check_coco_images(load_coco_json(ann_file), image_dir, str(ann_file))
 
 
 def category_mapping(categories: list[dict]) -> tuple[list[int], list[str]]:
@@ -153,10 +171,9 @@ class CocoMultiLabel(Dataset):
         if limit is not None and not (isinstance(limit, int) and limit > 0):
             raise ValueError(f"limit must be None or a positive int, got {limit!r}")
         self.ann_file, self.image_dir = coco_paths(root, split, year=year)
-        from pycocotools.coco import COCO
+        from vislab.data.detection import coco_object, load_coco_json
 
-        with contextlib.redirect_stdout(io.StringIO()):  # COCO() prints progress lines
-            self.coco = COCO(str(self.ann_file))
+        self.coco = coco_object(load_coco_json(self.ann_file))  # parsed and checked once (UserError if bad)
         self.root, self.split = Path(root), split
         self.image_size, self.transform = image_size, transform
         self.category_ids, self.label_names = category_mapping(self.coco.dataset.get("categories", []))
@@ -187,8 +204,7 @@ class CocoMultiLabel(Dataset):
         if not path.is_file():
             raise FileNotFoundError(f"COCO image {str(path)!r} (image id {int(self.image_ids[i])}) not found; "
                                     f"expected every image of {self.ann_file.name} in {str(self.image_dir)!r}")
-        with Image.open(path) as img:
-            return img.convert("RGB")
+        return open_image(path, "rgb")
 
     def default_transform(self, img: Image.Image) -> Tensor:
         """Square resize (bilinear, antialiased) to ``Tensor[3, S, S]``, ImageNet-normalised."""

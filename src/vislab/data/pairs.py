@@ -174,7 +174,7 @@ def folder_sources(root: str | Path, *, min_images: int = MIN_SOURCES) -> tuple[
     Raises:
         UserError: ``root`` is missing or not a folder, or holds fewer than ``min_images`` readable images.
     """
-    from PIL import Image, UnidentifiedImageError
+    from vislab.io.images import ImageReadError, read_image
 
     root = Path(root)
     if not root.exists():
@@ -184,11 +184,10 @@ def folder_sources(root: str | Path, *, min_images: int = MIN_SOURCES) -> tuple[
     sources, skipped = [], []
     for path in list_image_files(root):
         rel = str(path.relative_to(root))
-        try:
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert("L"), dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            skipped.append((rel, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}"))
+        try:  # the one image reader: EXIF orientation, 16-bit scaled, alpha on black
+            arr = read_image(path, "gray", np.uint8)
+        except ImageReadError as exc:
+            skipped.append((rel, str(exc)))
             continue
         sources.append(Source(rel, _to_gray(arr)))
     if len(sources) < min_images:

@@ -212,3 +212,176 @@ def test_fine_features_pack_the_stride4_map_and_start_as_sam():
     assert "stride-4 features" in fine.describe() and "stride-4" not in plain.describe()
     with pytest.raises(ValueError, match="takes 496 feature channels"):
         fine.decoder(feats[:, :112], boxes)
+
+
+# ---------------------------------------------------------------------------------------------
+# SamPrompter: every prompt type equals segment-anything's SamPredictor
+# ---------------------------------------------------------------------------------------------
+
+
+def _prompt_cases(h, w, low_res_side, rng):
+    """(name, kwargs) for every prompt type on an h x w image; the mask prompt is random logits."""
+    mask = rng.normal(0, 3, (1, low_res_side, low_res_side)).astype(np.float32)
+    return [
+        ("1 positive point", dict(point_coords=np.array([[w * 0.4, h * 0.55]]), point_labels=np.array([1]))),
+        ("positive + negative", dict(point_coords=np.array([[w * 0.4, h * 0.5], [3.0, 7.0], [w - 2.0, h - 5.0]]),
+                                     point_labels=np.array([1, 0, 0]))),
+        ("box", dict(box=np.array([w * 0.1, h * 0.2, w * 0.7, h * 0.9]))),
+        ("box + points", dict(box=np.array([w * 0.1, h * 0.2, w * 0.7, h * 0.9]),
+                              point_coords=np.array([[w * 0.3, h * 0.5], [w * 0.6, h * 0.3]]),
+                              point_labels=np.array([1, 0]))),
+        ("points + mask", dict(point_coords=np.array([[w * 0.5, h * 0.5]]), point_labels=np.array([1]),
+                               mask_input=mask)),
+        ("box + mask", dict(box=np.array([2.0, 3.0, w * 0.5, h * 0.6]), mask_input=mask)),
+        ("mask only", dict(mask_input=mask)),
+    ]
+
+
+def _assert_same_as_predictor(ours, ref, case):
+    for multimask in (False, True):
+        m1, i1, l1 = ours.predict(**case, multimask_output=multimask, return_logits=True)
+        m2, i2, l2 = ref.predict(**case, multimask_output=multimask, return_logits=True)
+        assert m1.shape == m2.shape == ((3 if multimask else 1),) + tuple(ref.original_size)
+        np.testing.assert_allclose(m1, m2, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(i1, i2, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(l1, l2, rtol=1e-4, atol=1e-4)
+        b1, _, _ = ours.predict(**case, multimask_output=multimask)
+        assert b1.dtype == bool
+        # the thresholded masks agree wherever the logit is not within the tolerance of 0
+        sure = np.abs(m2) > 1e-3
+        np.testing.assert_array_equal(b1[sure], (m2 > 0)[sure])
+
+
+@pytest.mark.parametrize("name", [c[0] for c in _prompt_cases(8, 8, 4, np.random.default_rng(0))])
+def test_prompter_equals_sam_predictor_every_prompt_type(name):
+    """Offline Sam at a 64-px input, a 64 x 64 image: set_image on both sides (no resize)."""
+    from segment_anything import SamPredictor
+
+    from vislab.models.sam import SamPrompter
+
+    torch.manual_seed(2)
+    sam = build_offline_sam(64, pretrained=True).eval()
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    ours, ref = SamPrompter(sam), SamPredictor(sam)
+    ours.set_image(image)
+    ref.set_image(image)
+    torch.testing.assert_close(ours.model.decoder.neck(ours.features), ref.features)
+    case = dict(_prompt_cases(64, 64, ours.low_res_size, rng))[name]
+    _assert_same_as_predictor(ours, ref, case)
+
+
+def test_prompter_equals_sam_predictor_non_square_resized_image():
+    """A 48 x 80 image on a 64-px encoder (scale 0.8, padding below): SAM's coordinate scaling, the crop of
+    the padding and the resize back; SamPredictor gets the same resized tensor (set_torch_image)."""
+    from segment_anything import SamPredictor
+
+    from vislab.models.sam import SamPrompter, _resize_longest
+
+    torch.manual_seed(3)
+    sam = build_offline_sam(64, pretrained=True).eval()
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    ours, ref = SamPrompter(sam), SamPredictor(sam)
+    ours.set_image(image)
+    assert ours.input_size == (38, 64) and ours.original_size == (48, 80) and ours.low_res_size == 16
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    ref.set_torch_image(_resize_longest(x, 64), (48, 80))
+    for _, case in _prompt_cases(48, 80, 16, rng):
+        _assert_same_as_predictor(ours, ref, case)
+
+
+def test_prompter_pixel_coords_are_the_training_convention():
+    """coords="pixel" with a box equals the experiment's model(images, boxes) (fine features, encoder at 2 x the
+    image); a pixel-convention point u equals the SAM-convention point u - 0.5 / s; mask prompts chain."""
+    from vislab.models.sam import SamPrompter
+
+    torch.manual_seed(4)
+    model = offline_box_sam(32, encoder_size=64, pretrained=True, fine=True).eval()
+    rng = np.random.default_rng(3)
+    image = torch.from_numpy(rng.integers(0, 256, (3, 32, 32), dtype=np.uint8))
+    pix, sam_c = SamPrompter(model, coords="pixel"), SamPrompter(model, coords="sam")
+    pix.set_image(image)
+    sam_c.set_image(image)
+    box = np.array([3.0, 4.0, 20.0, 27.0])
+    logits, _, low = pix.predict(box=box, multimask_output=False, return_logits=True)
+    with torch.no_grad():
+        ref = model(image[None], torch.from_numpy(box).float()[None])
+    torch.testing.assert_close(torch.from_numpy(logits), ref[0], rtol=1e-4, atol=1e-4)
+    assert low.shape == (1, 16, 16)
+    u = np.array([[10.5, 12.5], [25.5, 3.5]])  # the centres of pixels (row 12, col 10) and (row 3, col 25)
+    a = pix.predict(point_coords=u, point_labels=np.array([1, 0]), mask_input=low, return_logits=True)
+    b = sam_c.predict(point_coords=u - 0.5 / 2, point_labels=np.array([1, 0]), mask_input=low, return_logits=True)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+    # the decoder's own point API (training) gives the same single-mask logits
+    with torch.no_grad():
+        dec = model.decoder(model.encoder(image[None]), points=torch.from_numpy(u).float()[None],
+                            point_labels=torch.tensor([[1, 0]]), mask_input=torch.from_numpy(low)[None])
+    torch.testing.assert_close(dec[0], torch.from_numpy(pix.predict(
+        point_coords=u, point_labels=np.array([1, 0]), mask_input=low, multimask_output=False,
+        return_logits=True)[0]), rtol=1e-4, atol=1e-4)
+
+
+def test_prompter_and_decoder_errors():
+    from vislab.models.sam import SamPrompter
+
+    model = offline_box_sam(32, pretrained=False)
+    with pytest.raises(ValueError, match="coords must be one of sam, pixel"):
+        SamPrompter(model, coords="xy")
+    with pytest.raises(TypeError, match="BoxPromptSam or a segment_anything Sam"):
+        SamPrompter(torch.nn.Linear(2, 2))
+    p = SamPrompter(model)
+    with pytest.raises(RuntimeError, match="set_image"):
+        p.predict(box=np.array([1, 2, 3, 4]))
+    with pytest.raises(TypeError, match=r"uint8\[H, W, 3\]"):
+        p.set_image(np.zeros((32, 32, 3), np.float32))
+    p.set_image(np.zeros((32, 32, 3), np.uint8))
+    with pytest.raises(ValueError, match="point_labels must be supplied"):
+        p.predict(point_coords=np.array([[1.0, 2.0]]))
+    with pytest.raises(ValueError, match=r"mask_input must be \[1, 8, 8\]"):
+        p.predict(mask_input=np.zeros((1, 16, 16)))
+    with pytest.raises(ValueError, match="at least one prompt"):
+        p.predict()
+    feats = model.encoder(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="point_labels must be 1"):
+        model.decoder.decode(feats, points=torch.zeros(2, 1, 2), point_labels=torch.full((2, 1), 2))
+    with pytest.raises(ValueError, match=r"points must be Tensor\[B, N, 2\]"):
+        model.decoder.decode(feats, points=torch.zeros(1, 1, 2), point_labels=torch.ones(1, 1))
+    # padding points (label -1) let prompts with different numbers of points share a batch
+    pts = torch.tensor([[[5.5, 6.5], [20.5, 9.5]], [[12.5, 12.5], [0.0, 0.0]]])
+    lab = torch.tensor([[1, 0], [1, -1]])
+    low, iou_pred = model.decoder.decode(feats, points=pts, point_labels=lab, multimask_output=True)
+    assert low.shape == (2, 3, 8, 8) and iou_pred.shape == (2, 3)
+    alone, _ = model.decoder.decode(feats[1:], points=pts[1:, :1], point_labels=lab[1:, :1], multimask_output=True)
+    assert not torch.allclose(alone, low[1:])  # a padding point is a token: SAM's own padding, not a no-op
+
+
+@pytest.mark.slow
+def test_official_vit_b_prompter_equals_sam_predictor_every_prompt_type(vit_b_file):
+    """Official vit_b (random weights, official file format): one ViT-B forward at 1024 px, then every prompt
+    type through SamPrompter and SamPredictor (mask prompts 256 x 256)."""
+    from segment_anything import SamPredictor
+
+    from vislab.models.sam import SamPrompter, _resize_longest
+
+    path, _ = vit_b_file
+    sam = load_sam("vit_b", path)
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    ours = SamPrompter(official_box_sam_from(sam))
+    ours.set_image(image)
+    assert ours.low_res_size == 256 and ours.input_size == (768, 1024)
+    ref = SamPredictor(sam)
+    ref.features, ref.original_size, ref.input_size, ref.is_image_set = ours.features, (48, 64), (768, 1024), True
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    with torch.no_grad():  # the encoder input SamPredictor.set_torch_image would build
+        torch.testing.assert_close(ours.model.encoder.preprocess(x), sam.preprocess(_resize_longest(x, 1024)))
+    for _, case in _prompt_cases(48, 64, 256, rng):
+        _assert_same_as_predictor(ours, ref, case)
+
+
+def official_box_sam_from(sam):
+    from vislab.models.sam import BoxPromptSam
+
+    return BoxPromptSam(sam, kind="official", image_size=1024)

@@ -10,14 +10,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["dice", "iou", "overlap_counts"]
+__all__ = ["check_binary_masks", "dice", "iou", "overlap_counts"]
 
 
-def overlap_counts(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(intersection, |pred|, |target|)``, each ``Tensor[B]`` float64, of binary masks ``Tensor[B, H, W]``.
-
-    Masks may be bool or numbers with values 0/1 only (threshold probabilities first).
-    """
+def check_binary_masks(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """``(pred, target)`` as bool ``Tensor[B, H, W]``; a ValueError for other shapes or non-binary values."""
     if pred.ndim != 3:
         raise ValueError(f"pred must be Tensor[B, H, W], got {tuple(pred.shape)}")
     if target.shape != pred.shape:
@@ -25,7 +22,15 @@ def overlap_counts(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor
     for name, t in (("pred", pred), ("target", target)):
         if t.dtype != torch.bool and t.numel() and not bool(((t == 0) | (t == 1)).all()):
             raise ValueError(f"{name} must be a binary mask (bool or 0/1 values); threshold it first")
-    p, g = pred.bool(), target.bool()
+    return pred.bool(), target.bool()
+
+
+def overlap_counts(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(intersection, |pred|, |target|)``, each ``Tensor[B]`` float64, of binary masks ``Tensor[B, H, W]``.
+
+    Masks may be bool or numbers with values 0/1 only (threshold probabilities first).
+    """
+    p, g = check_binary_masks(pred, target)
     inter = (p & g).flatten(1).sum(1).double()
     return inter, p.flatten(1).sum(1).double(), g.flatten(1).sum(1).double()
 

@@ -33,7 +33,15 @@ to the image as ``Sam.postprocess_masks`` does.
 
 Boxes are ``Tensor[B, 4]`` XYXY in continuous pixel coordinates of the ``S × S`` image (torchvision's
 convention: a box around pixel columns 0..9 has ``x0 = 0, x1 = 10``); they are scaled to the encoder's
-input frame and shifted by -0.5 px into SAM's pixel-index coordinates (SAM adds 0.5 back).
+input frame and shifted by -0.5 px into SAM's pixel-index coordinates (SAM adds 0.5 back). Points
+(``SamDecoder.decode``) follow the same convention: the centre of pixel row ``r``, column ``c`` is
+``(c + 0.5, r + 0.5)``.
+
+**Prompting like SamPredictor** (:class:`SamPrompter`): ``set_image(image)`` once, then
+``predict(point_coords, point_labels, box, mask_input, multimask_output)`` with positive/negative points, a box,
+box + points, and the previous step's low-resolution logits as mask prompt; three candidate masks with their
+predicted IoU. ``coords="sam"`` takes SAM's own coordinates and equals ``SamPredictor`` (tested for every prompt
+type); ``coords="pixel"`` takes vislab's continuous coordinates, as training does. docs/sam.md states both.
 """
 
 from __future__ import annotations
@@ -48,9 +56,9 @@ from torch import Tensor, nn
 from vislab.engine.checkpoint import model_state, read_checkpoint
 from vislab.errors import UserError
 
-__all__ = ["MODEL_TYPES", "SAM_CHECKPOINT_URLS", "BoxPromptSam", "FineFeatures", "LiteImageEncoder", "SamDecoder",
-           "SamEncoder", "build_offline_sam", "lite0_stride16", "load_finetuned", "load_sam", "offline_box_sam",
-           "official_box_sam", "predict_masks_batched"]
+__all__ = ["COORDS", "MODEL_TYPES", "SAM_CHECKPOINT_URLS", "BoxPromptSam", "FineFeatures", "LiteImageEncoder",
+           "SamDecoder", "SamEncoder", "SamPrompter", "build_offline_sam", "lite0_stride16", "load_finetuned",
+           "load_sam", "offline_box_sam", "official_box_sam", "predict_masks_batched"]
 
 MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
 SAM_CHECKPOINT_URLS = {
@@ -361,22 +369,72 @@ class SamDecoder(nn.Module):
         self.mask_decoder = sam.mask_decoder
         self.prompt_encoder.requires_grad_(False)
 
-    def prompt_boxes(self, boxes: Tensor) -> Tensor:
-        """Boxes of the ``S × S`` image → SAM's pixel-index coordinates of the encoder's input frame."""
+    def _frame_scale(self, like: Tensor) -> Tensor:
+        """``[new_w / S, new_h / S]``: the ``S × S`` image → the encoder's input frame (ResizeLongestSide)."""
         from segment_anything.utils.transforms import ResizeLongestSide
 
         s = self.image_size
         new_h, new_w = ResizeLongestSide.get_preprocess_shape(s, s, self.input_size)
-        scale = torch.tensor([new_w / s, new_h / s, new_w / s, new_h / s], dtype=boxes.dtype, device=boxes.device)
-        return boxes * scale - 0.5
+        return torch.tensor([new_w / s, new_h / s], dtype=like.dtype, device=like.device)
 
-    def low_res_logits(self, features: Tensor, boxes: Tensor) -> Tensor:
-        """Features ``Tensor[B, C, h, w]`` + boxes ``Tensor[B, 4]`` → ``Tensor[B, 1, 4h, 4w]`` logits."""
-        if boxes.ndim != 2 or boxes.shape[-1] != 4:
-            raise ValueError(f"boxes must be Tensor[B, 4], got {tuple(boxes.shape)}")
-        if features.ndim != 4 or features.shape[0] != boxes.shape[0]:
-            raise ValueError(f"features must be Tensor[B, C, h, w] with one row per box, got {tuple(features.shape)} "
-                             f"for {boxes.shape[0]} boxes")
+    def prompt_boxes(self, boxes: Tensor) -> Tensor:
+        """Boxes of the ``S × S`` image → SAM's pixel-index coordinates of the encoder's input frame."""
+        return boxes * self._frame_scale(boxes).repeat(2) - 0.5
+
+    def prompt_points(self, points: Tensor) -> Tensor:
+        """Points ``Tensor[..., 2]`` (XY, continuous coordinates of the ``S × S`` image: the centre of pixel row
+        ``r``, column ``c`` is ``(c + 0.5, r + 0.5)``) → SAM's pixel-index coordinates of the encoder's input
+        frame, ``p · (I / S) − 0.5``, as :meth:`prompt_boxes` (``PromptEncoder._embed_points`` adds 0.5 back)."""
+        return points * self._frame_scale(points) - 0.5
+
+    def decode_prompts(self, features: Tensor, *, boxes: Tensor | None = None, points: Tensor | None = None,
+                       point_labels: Tensor | None = None, mask_input: Tensor | None = None,
+                       multimask_output: bool = False) -> tuple[Tensor, Tensor]:
+        """The decoder on prompts already in the encoder frame (what ``PromptEncoder`` takes, SAM's pixel-index
+        coordinates of the ``I × I`` input; see :meth:`decode` for the image's own coordinates).
+
+        Args:
+            features: ``Tensor[B, C, h, w]`` from :class:`SamEncoder`, one row per prompt (expand one image's
+                features to decode several prompts on it).
+            boxes: ``Tensor[B, 4]`` XYXY, or ``None``.
+            points: ``Tensor[B, N, 2]`` XY, or ``None``; ``point_labels`` ``Tensor[B, N]``: 1 positive,
+                0 negative, -1 padding (ignored by SAM: ``not_a_point_embed``), so prompts with different
+                numbers of points batch together.
+            mask_input: ``Tensor[B, 1, 4h, 4w]`` low-resolution logits of an earlier prediction (the first
+                output of this method; ``4 · I / 16 = I / 4`` a side: 256 for SAM's 1024), or ``None``.
+            multimask_output: SAM's three outputs instead of its single-mask one.
+
+        Returns:
+            ``(low-res logits Tensor[B, M, 4h, 4w], predicted IoU Tensor[B, M])``, ``M = 3`` or ``1``.
+        """
+        if boxes is None and points is None and mask_input is None:
+            raise ValueError("give at least one prompt: boxes, points or mask_input")
+        b = features.shape[0]
+        if features.ndim != 4:
+            raise ValueError(f"features must be Tensor[B, C, h, w], got {tuple(features.shape)}")
+        if boxes is not None and (boxes.ndim != 2 or boxes.shape != (b, 4)):
+            raise ValueError(f"boxes must be Tensor[B, 4] with one row per feature map (B = {b}), "
+                             f"got {tuple(boxes.shape)}")
+        pts = None
+        if points is not None:
+            if point_labels is None:
+                raise ValueError("point_labels must be given with points")
+            if points.ndim != 3 or points.shape[0] != b or points.shape[-1] != 2:
+                raise ValueError(f"points must be Tensor[B, N, 2] with B = {b}, got {tuple(points.shape)}")
+            if point_labels.shape != points.shape[:2]:
+                raise ValueError(f"point_labels must be Tensor[B, N] = {tuple(points.shape[:2])}, "
+                                 f"got {tuple(point_labels.shape)}")
+            if not bool(((point_labels == 1) | (point_labels == 0) | (point_labels == -1)).all()):
+                raise ValueError("point_labels must be 1 (positive), 0 (negative) or -1 (padding)")
+            pts = (points.float(), point_labels.int())
+        elif point_labels is not None:
+            raise ValueError("point_labels given without points")
+        if mask_input is not None:
+            side = 4 * features.shape[-1]
+            if mask_input.ndim != 4 or mask_input.shape != (b, 1, 4 * features.shape[-2], side):
+                raise ValueError(f"mask_input must be Tensor[B, 1, 4h, 4w] = {(b, 1, 4 * features.shape[-2], side)} "
+                                 f"(low-resolution logits), got {tuple(mask_input.shape)}")
+            mask_input = mask_input.float()
         fine = None
         if self.fine_proj is not None:
             expected = LITE0_STRIDE16_CHANNELS + 16 * LITE0_STRIDE4_CHANNELS
@@ -386,10 +444,30 @@ class SamDecoder(nn.Module):
             fine = self.fine_proj(F.pixel_shuffle(features[:, LITE0_STRIDE16_CHANNELS:], 4))  # (B, 32, 4h, 4w)
             features = features[:, :LITE0_STRIDE16_CHANNELS]
         emb = self.neck(features)  # (B, 256, h, w)
-        sparse, dense = self.prompt_encoder(points=None, boxes=self.prompt_boxes(boxes.float()), masks=None)
-        low, _ = predict_masks_batched(self.mask_decoder, emb, self.prompt_encoder.get_dense_pe(), sparse, dense,
-                                       fine=fine)
-        return low
+        sparse, dense = self.prompt_encoder(points=pts, boxes=None if boxes is None else boxes.float(),
+                                            masks=mask_input)  # (B, T, 256), (B, 256, h, w)
+        return predict_masks_batched(self.mask_decoder, emb, self.prompt_encoder.get_dense_pe(), sparse, dense,
+                                     multimask_output=multimask_output, fine=fine)
+
+    def decode(self, features: Tensor, boxes: Tensor | None = None, *, points: Tensor | None = None,
+               point_labels: Tensor | None = None, mask_input: Tensor | None = None,
+               multimask_output: bool = False) -> tuple[Tensor, Tensor]:
+        """:meth:`decode_prompts` with boxes and points in continuous coordinates of the ``S × S`` image (the
+        convention of :meth:`prompt_boxes` / :meth:`prompt_points`). Returns ``(low-res logits Tensor[B, M, 4h,
+        4w], predicted IoU Tensor[B, M])``; :meth:`upsample` takes the logits to the image."""
+        return self.decode_prompts(
+            features, boxes=None if boxes is None else self.prompt_boxes(boxes.float()),
+            points=None if points is None else self.prompt_points(points.float()), point_labels=point_labels,
+            mask_input=mask_input, multimask_output=multimask_output)
+
+    def low_res_logits(self, features: Tensor, boxes: Tensor) -> Tensor:
+        """Features ``Tensor[B, C, h, w]`` + boxes ``Tensor[B, 4]`` → ``Tensor[B, 1, 4h, 4w]`` logits."""
+        if boxes.ndim != 2 or boxes.shape[-1] != 4:
+            raise ValueError(f"boxes must be Tensor[B, 4], got {tuple(boxes.shape)}")
+        if features.ndim != 4 or features.shape[0] != boxes.shape[0]:
+            raise ValueError(f"features must be Tensor[B, C, h, w] with one row per box, got {tuple(features.shape)} "
+                             f"for {boxes.shape[0]} boxes")
+        return self.decode(features, boxes)[0]
 
     def upsample(self, low: Tensor) -> Tensor:
         """``Sam.postprocess_masks``: low-res logits → the input frame → crop the padding → ``S × S``."""
@@ -403,8 +481,14 @@ class SamDecoder(nn.Module):
             masks = F.interpolate(masks, (s, s), mode="bilinear", align_corners=False)
         return masks
 
-    def forward(self, features: Tensor, boxes: Tensor) -> Tensor:
-        return self.upsample(self.low_res_logits(features, boxes))  # (B, 1, S, S)
+    def forward(self, features: Tensor, boxes: Tensor | None = None, *, points: Tensor | None = None,
+                point_labels: Tensor | None = None, mask_input: Tensor | None = None) -> Tensor:
+        """Single-mask logits ``Tensor[B, 1, S, S]`` for boxes and/or points (continuous coordinates of the
+        image) and/or a mask prompt; ``forward(features, boxes)`` is the box-prompt model of the experiment."""
+        if points is None and mask_input is None:
+            return self.upsample(self.low_res_logits(features, boxes))  # (B, 1, S, S)
+        return self.upsample(self.decode(features, boxes, points=points, point_labels=point_labels,
+                                         mask_input=mask_input)[0])
 
 
 class BoxPromptSam(nn.Module):
@@ -485,3 +569,161 @@ def load_finetuned(checkpoint: str | Path, *, sam_checkpoint: str | None = None)
                                 fine=bool(meta.get("fine", False)))
     model.decoder.load_state_dict(model_state(ckpt), strict=True)
     return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# prompting one image at a time, as segment-anything's SamPredictor
+# ---------------------------------------------------------------------------------------------
+
+COORDS = ("sam", "pixel")
+
+
+class SamPrompter:
+    """``SamPredictor``'s interface on a :class:`BoxPromptSam` (or a ``segment_anything`` ``Sam``): encode an
+    image once with :meth:`set_image`, then :meth:`predict` masks for any number of prompts.
+
+    The image goes through :class:`SamEncoder` (longest side resized to the encoder's input ``I``, normalised,
+    zero-padded), the prompts through :meth:`SamDecoder.decode_prompts` (the neck and, with fine features, the
+    fine projection included), the logits through ``Sam.postprocess_masks`` back to the image.
+
+    ``coords`` says what the prompt coordinates mean, for an image of ``H × W`` pixels with
+    ``(h', w') = ResizeLongestSide.get_preprocess_shape(H, W, I)`` and ``s = (w' / W, h' / H)``:
+
+    * ``"sam"`` (default): SAM's own convention, exactly ``SamPredictor.predict``'s: ``(x, y)`` is the pixel
+      column and row (the centre of the top-left pixel is ``(0, 0)``), scaled by ``s``
+      (``ResizeLongestSide.apply_coords``); the prompt encoder adds 0.5. Position in the input frame
+      (continuous, pixel ``i`` spanning ``[i, i + 1)``): ``x · s + 0.5``.
+    * ``"pixel"``: vislab's continuous convention, as :class:`SamDecoder` trains: pixel column ``c`` spans
+      ``[c, c + 1)``, so its centre is ``c + 0.5`` and a box around columns 0..9 is ``x0 = 0, x1 = 10``.
+      Position in the input frame: ``u · s`` (``u · s − 0.5`` goes into the prompt encoder). The two agree
+      when ``u = x + 0.5 / s``; at ``s = 1``, ``u = x + 0.5``.
+    """
+
+    def __init__(self, model: Any, *, coords: str = "sam") -> None:
+        if coords not in COORDS:
+            raise ValueError(f"coords must be one of {', '.join(COORDS)}, got {coords!r}")
+        if not isinstance(model, BoxPromptSam):
+            from segment_anything.modeling import Sam
+
+            if not isinstance(model, Sam):
+                raise TypeError(f"model must be a BoxPromptSam or a segment_anything Sam, got {type(model).__name__}")
+            kind = "offline" if isinstance(model.image_encoder, LiteImageEncoder) else "official"
+            model = BoxPromptSam(model, kind=kind, image_size=int(model.image_encoder.img_size))
+        self.model = model
+        self.coords = coords
+        self.reset_image()
+
+    @property
+    def sam(self) -> Any:
+        return self.model.sam[0]
+
+    @property
+    def input_frame(self) -> int:
+        """``I``: the side of the encoder's square input."""
+        return int(self.model.encoder.input_size)
+
+    @property
+    def low_res_size(self) -> int:
+        """The side of the low-resolution logits (and of a mask prompt): ``4 · I / 16``."""
+        return 4 * int(self.model.decoder.prompt_encoder.image_embedding_size[0])
+
+    def reset_image(self) -> None:
+        self.features: Tensor | None = None
+        self.original_size: tuple[int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
+
+    @property
+    def is_image_set(self) -> bool:
+        return self.features is not None
+
+    @torch.no_grad()
+    def set_image(self, image: Any, image_format: str = "RGB") -> None:
+        """Encode ``image``: ``uint8 ndarray[H, W, 3]`` (SamPredictor's format) or ``uint8 Tensor[3, H, W]``."""
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        if isinstance(image, Tensor):
+            if image.ndim != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
+                raise TypeError(f"image must be a uint8 Tensor[3, H, W], got {image.dtype} {tuple(image.shape)}")
+            x = image
+        else:
+            import numpy as np
+
+            arr = np.asarray(image)
+            if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+                raise TypeError(f"image must be uint8[H, W, 3], got {arr.dtype} {arr.shape}")
+            x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)  # (3, H, W)
+        if image_format != self.sam.image_format:
+            x = x.flip(0)
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        self.reset_image()
+        h, w = int(x.shape[1]), int(x.shape[2])
+        self.features = self.model.encoder(x[None])  # (1, C, h/16', w/16')
+        self.original_size = (h, w)
+        self.input_size = tuple(ResizeLongestSide.get_preprocess_shape(h, w, self.input_frame))
+
+    def to_input_frame(self, xy: Tensor) -> Tensor:
+        """``Tensor[..., 2]`` XY prompt coordinates (``coords``) of the set image → what ``PromptEncoder``
+        takes (SAM's pixel-index coordinates of the encoder's input frame)."""
+        if self.original_size is None or self.input_size is None:
+            raise RuntimeError("set an image with .set_image(...) first")
+        (h, w), (nh, nw) = self.original_size, self.input_size
+        scale = torch.tensor([nw / w, nh / h], dtype=torch.float64)
+        out = xy.double() * scale
+        if self.coords == "pixel":
+            out = out - 0.5
+        return out.float()
+
+    @torch.no_grad()
+    def predict(self, point_coords: Any = None, point_labels: Any = None, box: Any = None, mask_input: Any = None,
+                multimask_output: bool = True, return_logits: bool = False) -> tuple[Any, Any, Any]:
+        """``SamPredictor.predict``: masks for one prompt on the set image.
+
+        Args:
+            point_coords: ``ndarray[N, 2]`` XY points (see ``coords``), or ``None``.
+            point_labels: ``ndarray[N]``: 1 positive, 0 negative.
+            box: ``ndarray[4]`` XYXY (see ``coords``), or ``None``; with points: box + points.
+            mask_input: ``ndarray[1, L, L]`` low-resolution logits of an earlier call (its third output,
+                ``L = I / 4``: 256 for SAM at 1024), or ``None``.
+            multimask_output: three masks (SAM's ambiguity outputs) instead of one (SamPredictor's default: True).
+            return_logits: the logits instead of ``logits > 0``.
+
+        Returns:
+            ``(masks ndarray[C, H, W] bool (float32 logits with return_logits), iou_predictions ndarray[C],
+            low_res_logits ndarray[C, L, L])``, ``C = 3`` or ``1``; ``H × W`` the set image's size.
+        """
+        import numpy as np
+
+        if not self.is_image_set:
+            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+        pts = labels = boxes = masks = None
+        if point_coords is not None:
+            if point_labels is None:
+                raise ValueError("point_labels must be supplied if point_coords is supplied")
+            pc = torch.as_tensor(np.asarray(point_coords, dtype=np.float64))
+            pl = torch.as_tensor(np.asarray(point_labels)).long()
+            if pc.ndim != 2 or pc.shape[-1] != 2 or pl.shape != pc.shape[:1]:
+                raise ValueError(f"point_coords must be [N, 2] and point_labels [N], got {tuple(pc.shape)} and "
+                                 f"{tuple(pl.shape)}")
+            pts, labels = self.to_input_frame(pc)[None], pl[None]  # (1, N, 2), (1, N)
+        elif point_labels is not None:
+            raise ValueError("point_labels given without point_coords")
+        if box is not None:
+            bx = torch.as_tensor(np.asarray(box, dtype=np.float64)).reshape(-1)
+            if bx.shape != (4,):
+                raise ValueError(f"box must be XYXY, 4 numbers, got shape {tuple(np.shape(box))}")
+            boxes = self.to_input_frame(bx.reshape(2, 2)).reshape(1, 4)  # (1, 4)
+        if mask_input is not None:
+            m = torch.as_tensor(np.asarray(mask_input, dtype=np.float32))
+            side = self.low_res_size
+            if m.shape != (1, side, side):
+                raise ValueError(f"mask_input must be [1, {side}, {side}] low-resolution logits (I/4 for a "
+                                 f"{self.input_frame}-px encoder input), got {tuple(m.shape)}")
+            masks = m[None]  # (1, 1, L, L)
+        assert self.features is not None and self.original_size is not None and self.input_size is not None
+        low, iou_pred = self.model.decoder.decode_prompts(self.features, boxes=boxes, points=pts,
+                                                          point_labels=labels, mask_input=masks,
+                                                          multimask_output=multimask_output)  # (1, M, L, L), (1, M)
+        up = self.sam.postprocess_masks(low, self.input_size, self.original_size)  # (1, M, H, W)
+        out = up[0].numpy() if return_logits else (up[0] > self.sam.mask_threshold).numpy()
+        return out, iou_pred[0].numpy(), low[0].numpy()

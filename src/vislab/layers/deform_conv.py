@@ -28,6 +28,10 @@ from vislab.ops.deform_conv import _pair, deform_conv2d
 
 __all__ = ["DeformConv2d", "DeformableConv2d", "convert_to_deformable", "deformable_param_groups"]
 
+# torch.fx.symbolic_trace records a call of the op as one node (a leaf), as torchvision does,
+# instead of tracing into its argument checks
+torch.fx.wrap("deform_conv2d")
+
 MaskActivation = Literal["2sigmoid", "sigmoid"]
 _IntPair = int | tuple[int, int]
 

@@ -21,16 +21,22 @@ Two formulations live here, tested equal:
 
 - :func:`deform_conv2d_gather`, the readable one: gather the four corners of every sampling point
   with standard ops, blend them, and contract with the weights in one matrix product. Autograd
-  differentiates it; it is what ``torch.compile`` and ONNX export see.
-- :func:`deform_conv2d` (the default), a custom autograd Function with a hand-written backward.
-  On CPU it writes the bilinear sampling as a sparse matrix ``S`` with four non-zeros per row, so
-  that "im2col" is one sparse × dense product ``cols = S @ X``; the backward is ``S^T @ grad_cols``
+  differentiates it; it is what ONNX export sees (ONNX has no deformable convolution).
+- :func:`deform_conv2d` (the default) calls the registered operator ``vislab::deform_conv2d``
+  (``torch.library.custom_op``, CPU and CUDA kernels, a fake kernel for FakeTensor/meta, and an
+  autograd formula whose backward is the operator ``vislab::deform_conv2d_backward``), so that
+  ``torch.compile``, ``torch.export`` and ``torch.library.opcheck`` see one op. Its kernels:
+  on CPU the bilinear sampling is a sparse matrix ``S`` with four non-zeros per row, so that
+  "im2col" is one sparse × dense product ``cols = S @ X``; the backward is ``S^T @ grad_cols``
   for the input and a sampled dense-dense product (``torch.sparse.sampled_addmm``) for the four
   corner gradients, from which the offset and mask gradients follow. The batch is processed in
   chunks so the column buffer stays small (a few MiB: fast in cache and bounded in memory).
   With very few channels per offset group (a grayscale first layer) the per-point cost of building
   ``S`` dominates; there the sampling is done by ATen's ``grid_sample`` kernels instead (forward and
-  ``grid_sampler_2d_backward``), still with the Function's own backward for the five gradients.
+  ``grid_sampler_2d_backward``). On CUDA the same chunked passes gather with ``index_select``.
+
+Wrong sizes raise :class:`DeformConvValueError`, a ``ValueError`` that is also a ``RuntimeError``
+(what torchvision raises), with the phrases of torchvision's messages in ours.
 """
 
 from __future__ import annotations
@@ -44,7 +50,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["deform_conv2d", "deform_conv2d_gather", "deform_conv2d_output_size"]
+__all__ = ["DeformConvValueError", "deform_conv2d", "deform_conv2d_gather", "deform_conv2d_output_size"]
+
+
+class DeformConvValueError(ValueError, RuntimeError):
+    """Wrong sizes or values of the arguments of a deformable convolution.
+
+    A ``ValueError`` (vislab's rule for bad input) that is also a ``RuntimeError``, the class that
+    ``torchvision.ops.deform_conv2d`` raises, so that code written for either catches it."""
 
 # Column-buffer budget per batch chunk, in bytes of the compute dtype. On CPU a few MiB keeps the
 # gathered columns and the padded input chunk in cache; on a GPU chunks are larger so that kernels
@@ -100,13 +113,13 @@ class _Geometry:
 
 
 def _pair(value: _IntPair, name: str, minimum: int) -> tuple[int, int]:
-    if isinstance(value, bool) or not isinstance(value, int | tuple | list):
+    if isinstance(value, bool) or not isinstance(value, int | torch.SymInt | tuple | list):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in pair):
+    pair = tuple(value) if isinstance(value, tuple | list) else (value, value)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int | torch.SymInt) for v in pair):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     if min(pair) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+        raise DeformConvValueError(f"{name} must be >= {minimum}, got {value!r}")
     return pair  # type: ignore[return-value]
 
 
@@ -128,6 +141,8 @@ def _dims(t: Tensor) -> tuple:
 
 def _check(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, stride: _IntPair,
            padding: _IntPair, dilation: _IntPair, mask: Tensor | None) -> _Geometry:
+    """The call's geometry; raises TypeError for wrong types and :class:`DeformConvValueError` for
+    wrong sizes (checked first, in torchvision's order: the sizes, then dtypes and devices)."""
     for name, t in (("input", input), ("offset", offset), ("weight", weight)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -135,10 +150,53 @@ def _check(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, s
         if t is not None and not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
     if input.dim() != 4:
-        raise ValueError(f"input must be Tensor[B, C, H, W] (4-D), got shape {tuple(input.shape)}")
+        raise DeformConvValueError(f"input must be Tensor[B, C, H, W] (4-D), got shape {tuple(input.shape)}")
     if weight.dim() != 4:
-        raise ValueError(
+        raise DeformConvValueError(
             f"weight must be Tensor[C_out, C_in/groups, kh, kw] (4-D), got shape {tuple(weight.shape)}")
+
+    stride_, padding_ = _pair(stride, "stride", 1), _pair(padding, "padding", 0)
+    dilation_ = _pair(dilation, "dilation", 1)
+    B, C, H, W = _dims(input)
+    C_out, C_per_group, kh, kw = _dims(weight)
+    if C_per_group == 0 or C % C_per_group != 0:
+        raise DeformConvValueError(
+            f"weight.shape[1] (input channels per group) must divide the input's {C} channels, "
+            f"got weight shape {tuple(weight.shape)}")
+    groups = C // C_per_group
+    if C_out == 0 or C_out % groups != 0:
+        raise DeformConvValueError(
+            f"weight.shape[0] (output channels) must be a positive multiple of groups={groups} "
+            f"(= {C} input channels / weight.shape[1]={C_per_group}), got weight shape {tuple(weight.shape)}")
+    if kh == 0 or kw == 0:
+        raise DeformConvValueError(f"weight must have a non-empty kernel, got weight shape {tuple(weight.shape)}")
+    Ho, Wo = deform_conv2d_output_size((H, W), (kh, kw), stride_, padding_, dilation_)
+    if Ho <= 0 or Wo <= 0:
+        raise DeformConvValueError(
+            f"the output would be empty: input {H}×{W} with kernel {kh}×{kw}, stride {stride_}, "
+            f"padding {padding_}, dilation {dilation_} gives {Ho}×{Wo}")
+
+    K = kh * kw
+    offset_shape = _dims(offset)
+    if len(offset_shape) != 4 or offset_shape[0] != B or offset_shape[2:] != (Ho, Wo) \
+            or offset_shape[1] == 0 or offset_shape[1] % (2 * K) != 0:
+        raise DeformConvValueError(
+            f"the shape of the offset is wrong: offset must be Tensor[B, 2·G·kh·kw, Ho, Wo] = [{B}, 2·G·{K}, "
+            f"{Ho}, {Wo}] for some offset group count G, got shape {tuple(offset.shape)}")
+    G = offset_shape[1] // (2 * K)
+    if C % G != 0:
+        raise DeformConvValueError(
+            f"the shape of the offset is wrong: its {G} offset groups (offset.shape[1]={offset_shape[1]} "
+            f"= 2·G·{K}) must divide the input's {C} channels")
+    if mask is not None and _dims(mask) != (B, G * K, Ho, Wo):
+        what = "mask.shape[1] is not valid" if mask.dim() == 4 and _dims(mask)[1] != G * K \
+            else "the shape of the mask is wrong"
+        raise DeformConvValueError(
+            f"{what}: mask must be Tensor[B, G·kh·kw, Ho, Wo] = {[B, G * K, Ho, Wo]} (G={G} from the offset), "
+            f"got shape {tuple(mask.shape)}")
+    if bias is not None and _dims(bias) != (C_out,):
+        raise DeformConvValueError(f"bias must be Tensor[C_out] = [{C_out}], got shape {tuple(bias.shape)}")
+
     if not input.dtype.is_floating_point:
         raise TypeError(f"input must be a floating-point tensor, got dtype {input.dtype}")
     for name, t in (("offset", offset), ("weight", weight), ("bias", bias), ("mask", mask)):
@@ -147,47 +205,7 @@ def _check(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, s
         if t.dtype != input.dtype:
             raise TypeError(f"{name} must have the input's dtype {input.dtype}, got {t.dtype}")
         if t.device != input.device:
-            raise ValueError(f"{name} must be on the input's device {input.device}, got {t.device}")
-
-    stride_, padding_ = _pair(stride, "stride", 1), _pair(padding, "padding", 0)
-    dilation_ = _pair(dilation, "dilation", 1)
-    B, C, H, W = _dims(input)
-    C_out, C_per_group, kh, kw = _dims(weight)
-    if C_per_group == 0 or C % C_per_group != 0:
-        raise ValueError(
-            f"weight.shape[1] (input channels per group) must divide the input's {C} channels, "
-            f"got weight shape {tuple(weight.shape)}")
-    groups = C // C_per_group
-    if C_out == 0 or C_out % groups != 0:
-        raise ValueError(
-            f"weight.shape[0] (output channels) must be a positive multiple of groups={groups} "
-            f"(= {C} input channels / weight.shape[1]={C_per_group}), got weight shape {tuple(weight.shape)}")
-    if kh == 0 or kw == 0:
-        raise ValueError(f"weight must have a non-empty kernel, got weight shape {tuple(weight.shape)}")
-    Ho, Wo = deform_conv2d_output_size((H, W), (kh, kw), stride_, padding_, dilation_)
-    if Ho <= 0 or Wo <= 0:
-        raise ValueError(
-            f"the output would be empty: input {H}×{W} with kernel {kh}×{kw}, stride {stride_}, "
-            f"padding {padding_}, dilation {dilation_} gives {Ho}×{Wo}")
-
-    K = kh * kw
-    offset_shape = _dims(offset)
-    if len(offset_shape) != 4 or offset_shape[0] != B or offset_shape[2:] != (Ho, Wo) \
-            or offset_shape[1] == 0 or offset_shape[1] % (2 * K) != 0:
-        raise ValueError(
-            f"offset must be Tensor[B, 2·G·kh·kw, Ho, Wo] = [{B}, 2·G·{K}, {Ho}, {Wo}] for some offset "
-            f"group count G, got shape {tuple(offset.shape)}")
-    G = offset_shape[1] // (2 * K)
-    if C % G != 0:
-        raise ValueError(
-            f"the offset's {G} offset groups (offset.shape[1]={offset_shape[1]} = 2·G·{K}) must divide "
-            f"the input's {C} channels")
-    if mask is not None and _dims(mask) != (B, G * K, Ho, Wo):
-        raise ValueError(
-            f"mask must be Tensor[B, G·kh·kw, Ho, Wo] = {[B, G * K, Ho, Wo]} (G={G} from the offset), "
-            f"got shape {tuple(mask.shape)}")
-    if bias is not None and _dims(bias) != (C_out,):
-        raise ValueError(f"bias must be Tensor[C_out] = [{C_out}], got shape {tuple(bias.shape)}")
+            raise DeformConvValueError(f"{name} must be on the input's device {input.device}, got {t.device}")
     return _Geometry(B, C, H, W, C_out, kh, kw, stride_, padding_, dilation_, Ho, Wo, groups, G,
                      mask is not None)
 
@@ -493,76 +511,74 @@ def _out(target: Tensor | None) -> dict:
     return {} if target is None else {"out": target}
 
 
-class _DeformConv2dFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input, offset, mask, weight, bias, geom: _Geometry, kind: str):
-        dtype = _compute_dtype(input.dtype, kind)
-        out = input.new_empty((geom.batch, geom.out_channels, geom.out_h, geom.out_w))
-        chunks = _chunks(geom, torch.finfo(dtype).bits // 8, input.device)
-        w = _grouped_weight(weight, geom, dtype)  # (groups, C_out/groups, R), kept for the backward
-        if chunks:
-            X_buffer, cols_buffer = _buffers(geom, dtype, input.device, chunks[0][1])
-            for s, e in chunks:
-                chunk = _Chunk(input, offset, mask, s, e, geom, dtype, kind, X_buffer)
-                cols = chunk.sample(cols_buffer[:chunk.n])  # (b·Ho·Wo·G'·kh·kw, C/G')
-                _weight_product(cols, w, geom, out[s:e])
-            if bias is not None:
-                out += bias.view(1, -1, 1, 1)
-        ctx.geom, ctx.kind, ctx.weight_dtype = geom, kind, weight.dtype
-        ctx.save_for_backward(input, offset, mask, w)
-        return out
+def _chunked_forward(input, offset, mask, weight, bias, geom: _Geometry, kind: str) -> Tensor:
+    """Forward pass of the chunked formulation (``kind``: "sparse" or "gather"): ``[B, C_out, Ho, Wo]``."""
+    dtype = _compute_dtype(input.dtype, kind)
+    out = input.new_empty((geom.batch, geom.out_channels, geom.out_h, geom.out_w))
+    chunks = _chunks(geom, torch.finfo(dtype).bits // 8, input.device)
+    w = _grouped_weight(weight, geom, dtype)  # (groups, C_out/groups, R)
+    if chunks:
+        X_buffer, cols_buffer = _buffers(geom, dtype, input.device, chunks[0][1])
+        for s, e in chunks:
+            chunk = _Chunk(input, offset, mask, s, e, geom, dtype, kind, X_buffer)
+            cols = chunk.sample(cols_buffer[:chunk.n])  # (b·Ho·Wo·G'·kh·kw, C/G')
+            _weight_product(cols, w, geom, out[s:e])
+        if bias is not None:
+            out += bias.view(1, -1, 1, 1)
+    return out
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        input, offset, mask, w = ctx.saved_tensors  # w: the grouped weight (groups, C_out/groups, R)
-        geom, kind = ctx.geom, ctx.kind
-        need_input, need_offset, need_mask, need_weight, need_bias = ctx.needs_input_grad[:5]
-        dtype = _compute_dtype(input.dtype, kind)
-        L, groups = geom.out_h * geom.out_w, geom.groups
-        Gs, Cs, H, W = geom.sub_groups, geom.sub_channels, geom.height, geom.width
-        grad_input = torch.zeros_like(input, memory_format=torch.contiguous_format) if need_input else None
-        grad_offset = torch.zeros_like(offset, memory_format=torch.contiguous_format) if need_offset else None
-        grad_mask = torch.zeros_like(mask, memory_format=torch.contiguous_format) if need_mask else None
-        grad_w = None  # (groups, C_out/groups, R), summed over the chunks
-        chunks = _chunks(geom, torch.finfo(dtype).bits // 8, input.device)
-        if chunks and (need_input or need_offset or need_mask or need_weight):
-            # one column buffer: the columns, used up by the weight gradient, then their gradient
-            X_buffer, cols_buffer = _buffers(geom, dtype, input.device, chunks[0][1])
-            gX_buffer = torch.empty_like(X_buffer).view(-1, Cs) if need_input else None
-            point_ids = torch.arange(4 * cols_buffer.shape[0], device=input.device) // 4 \
-                if need_input and kind == "sparse" and not _transpose_as_csr() else None
-            for s, e in chunks:
-                b = e - s
-                chunk = _Chunk(input, offset, mask, s, e, geom, dtype, kind, X_buffer)
-                go = grad_out[s:e].to(dtype).reshape(b, groups, -1, L).permute(1, 2, 0, 3)
-                go = go.reshape(groups, -1, b * L)  # (groups, C_out/groups, b·Ho·Wo)
-                if need_weight:
-                    cols = chunk.sample(cols_buffer[:chunk.n]).view(b * L, groups, -1)
-                    if grad_w is None:
-                        grad_w = torch.bmm(go, cols.transpose(0, 1))  # (groups, C_out/groups, R)
-                    else:
-                        grad_w.baddbmm_(go, cols.transpose(0, 1))
-                grad_cols = cols_buffer[:chunk.n]
-                if groups == 1:
-                    torch.mm(go[0].t(), w[0], out=grad_cols.view(b * L, -1))
-                else:  # group by group: a temporary of 1/groups of the columns, not a second buffer
-                    for j, strided in enumerate(grad_cols.view(b * L, groups, -1).unbind(1)):
-                        strided.copy_(torch.mm(go[j].t(), w[j]))
-                # grad_cols: (b·Ho·Wo·G'·kh·kw, C/G')
-                if need_input:
-                    gX = chunk.sample_t(grad_cols, gX_buffer[:chunk.num_pixels], point_ids)
-                    gX = gX.view(b, Gs, H + 2 * _PAD, W + 2 * _PAD, Cs)[:, :, _PAD:-_PAD, _PAD:-_PAD, :]
-                    grad_input[s:e].view(b, Gs, Cs, H, W).copy_(gX.permute(0, 1, 4, 2, 3))
-                if need_offset or need_mask:
-                    chunk.coordinate_grads(chunk.corner_dots(grad_cols),
-                                           None if grad_offset is None else grad_offset[s:e],
-                                           None if grad_mask is None else grad_mask[s:e])
-        if need_weight and grad_w is None:  # empty batch
-            grad_w = torch.zeros_like(w)
-        grad_weight = _ungroup_weight(grad_w, geom).to(ctx.weight_dtype) if need_weight else None
-        grad_bias = grad_out.sum((0, 2, 3)) if need_bias else None
-        return grad_input, grad_offset, grad_mask, grad_weight, grad_bias, None, None
+
+def _chunked_backward(grad_out, input, offset, mask, weight, geom: _Geometry, kind: str,
+                      needs: tuple[bool, bool, bool, bool]) -> tuple:
+    """Gradients ``(input, offset, mask, weight)`` of the chunked formulation (None where not in
+    ``needs``, the same order); the bias gradient is ``grad_out.sum((0, 2, 3))``."""
+    need_input, need_offset, need_mask, need_weight = needs
+    need_mask = need_mask and mask is not None
+    dtype = _compute_dtype(input.dtype, kind)
+    w = _grouped_weight(weight, geom, dtype)  # (groups, C_out/groups, R)
+    L, groups = geom.out_h * geom.out_w, geom.groups
+    Gs, Cs, H, W = geom.sub_groups, geom.sub_channels, geom.height, geom.width
+    grad_input = torch.zeros_like(input, memory_format=torch.contiguous_format) if need_input else None
+    grad_offset = torch.zeros_like(offset, memory_format=torch.contiguous_format) if need_offset else None
+    grad_mask = torch.zeros_like(mask, memory_format=torch.contiguous_format) if need_mask else None
+    grad_w = None  # (groups, C_out/groups, R), summed over the chunks
+    chunks = _chunks(geom, torch.finfo(dtype).bits // 8, input.device)
+    if chunks and (need_input or need_offset or need_mask or need_weight):
+        # one column buffer: the columns, used up by the weight gradient, then their gradient
+        X_buffer, cols_buffer = _buffers(geom, dtype, input.device, chunks[0][1])
+        gX_buffer = torch.empty_like(X_buffer).view(-1, Cs) if need_input else None
+        point_ids = torch.arange(4 * cols_buffer.shape[0], device=input.device) // 4 \
+            if need_input and kind == "sparse" and not _transpose_as_csr() else None
+        for s, e in chunks:
+            b = e - s
+            chunk = _Chunk(input, offset, mask, s, e, geom, dtype, kind, X_buffer)
+            go = grad_out[s:e].to(dtype).reshape(b, groups, -1, L).permute(1, 2, 0, 3)
+            go = go.reshape(groups, -1, b * L)  # (groups, C_out/groups, b·Ho·Wo)
+            if need_weight:
+                cols = chunk.sample(cols_buffer[:chunk.n]).view(b * L, groups, -1)
+                if grad_w is None:
+                    grad_w = torch.bmm(go, cols.transpose(0, 1))  # (groups, C_out/groups, R)
+                else:
+                    grad_w.baddbmm_(go, cols.transpose(0, 1))
+            grad_cols = cols_buffer[:chunk.n]
+            if groups == 1:
+                torch.mm(go[0].t(), w[0], out=grad_cols.view(b * L, -1))
+            else:  # group by group: a temporary of 1/groups of the columns, not a second buffer
+                for j, strided in enumerate(grad_cols.view(b * L, groups, -1).unbind(1)):
+                    strided.copy_(torch.mm(go[j].t(), w[j]))
+            # grad_cols: (b·Ho·Wo·G'·kh·kw, C/G')
+            if need_input:
+                gX = chunk.sample_t(grad_cols, gX_buffer[:chunk.num_pixels], point_ids)
+                gX = gX.view(b, Gs, H + 2 * _PAD, W + 2 * _PAD, Cs)[:, :, _PAD:-_PAD, _PAD:-_PAD, :]
+                grad_input[s:e].view(b, Gs, Cs, H, W).copy_(gX.permute(0, 1, 4, 2, 3))
+            if need_offset or need_mask:
+                chunk.coordinate_grads(chunk.corner_dots(grad_cols),
+                                       None if grad_offset is None else grad_offset[s:e],
+                                       None if grad_mask is None else grad_mask[s:e])
+    if need_weight and grad_w is None:  # empty batch
+        grad_w = torch.zeros_like(w)
+    grad_weight = _ungroup_weight(grad_w, geom).to(weight.dtype).contiguous() if need_weight else None
+    return grad_input, grad_offset, grad_mask, grad_weight
 
 
 def _default_kind(input: Tensor, geom: _Geometry | None = None) -> str:
@@ -590,7 +606,7 @@ def _grid(offset: Tensor, geom: _Geometry, dtype: torch.dtype) -> Tensor:
         + (torch.arange(geom.kh, device=dev, dtype=dtype) * dh).repeat_interleave(geom.kw).view(K, 1, 1)
     base_x = (torch.arange(Wo, device=dev, dtype=dtype) * sw - pw).view(1, 1, Wo) \
         + (torch.arange(geom.kw, device=dev, dtype=dtype) * dw).repeat(geom.kh).view(K, 1, 1)
-    delta = offset.to(dtype).view(b, G, K, 2, Ho, Wo)
+    delta = offset.to(dtype).reshape(b, G, K, 2, Ho, Wo)
     grid = torch.empty((b, G, K, Ho, Wo, 2), dtype=dtype, device=dev)
     # align_corners=False: pixel p ↔ (2p + 1) / size − 1 (valid for maps of any size, 1 included)
     torch.add(delta[:, :, :, 1], base_x, out=grid[..., 0]).add_(0.5).mul_(2.0 / geom.width).sub_(1)
@@ -606,76 +622,171 @@ def _grid_columns(input: Tensor, grid: Tensor, geom: _Geometry, dtype: torch.dty
     return x, cols.view(b, G, geom.in_channels // G, geom.taps, geom.out_h * geom.out_w)
 
 
-class _DeformConv2dGridFunction(torch.autograd.Function):
-    """Deformable convolution whose bilinear sampling is ``grid_sample`` (the same semantics: zero
-    padding, corners outside the map read 0); the weight product is one batched matmul per chunk.
-    The backward recomputes the columns and calls ``grid_sampler_2d_backward`` for the input and
-    coordinate gradients. Chosen on CPU for few channels per offset group, where the sparse
-    formulation's per-point cost dominates."""
+def _grid_forward(input, offset, mask, weight, bias, geom: _Geometry) -> Tensor:
+    """Forward pass with ``grid_sample`` as the bilinear sampler (the same semantics: zero padding,
+    corners outside the map read 0); the weight product is one batched matmul per chunk. Chosen on
+    CPU for few channels per offset group, where the sparse formulation's per-point cost dominates."""
+    dtype = _compute_dtype(input.dtype, "sparse")
+    G, K, L, groups = geom.offset_groups, geom.taps, geom.out_h * geom.out_w, geom.groups
+    out = input.new_empty((geom.batch, geom.out_channels, geom.out_h, geom.out_w))
+    w = weight.to(dtype).reshape(groups, geom.out_channels // groups, -1)  # (groups, C_out/groups, C/groups·K)
+    for s, e in _chunks(geom, torch.finfo(dtype).bits // 8, input.device):
+        b = e - s
+        _, cols = _grid_columns(input[s:e], _grid(offset[s:e], geom, dtype), geom, dtype)
+        if mask is not None:
+            cols.mul_(mask[s:e].to(dtype).reshape(b, G, 1, K, L))
+        res = torch.matmul(w, cols.view(b, groups, -1, L))  # (b, groups, C_out/groups, L)
+        out[s:e].copy_(res.view(b, geom.out_channels, geom.out_h, geom.out_w))
+    if bias is not None:
+        out += bias.view(1, -1, 1, 1)
+    return out
+
+
+def _grid_backward(grad_out, input, offset, mask, weight, geom: _Geometry,
+                   needs: tuple[bool, bool, bool, bool]) -> tuple:
+    """Gradients ``(input, offset, mask, weight)`` of :func:`_grid_forward`: the columns are
+    recomputed and ``grid_sampler_2d_backward`` gives the input and coordinate gradients."""
+    need_input, need_offset, need_mask, need_weight = needs
+    need_mask = need_mask and mask is not None
+    dtype = _compute_dtype(input.dtype, "sparse")
+    G, K, L, groups = geom.offset_groups, geom.taps, geom.out_h * geom.out_w, geom.groups
+    Cg = geom.in_channels // G
+    w = weight.to(dtype).reshape(groups, geom.out_channels // groups, -1)
+    grad_input = torch.zeros_like(input, memory_format=torch.contiguous_format) if need_input else None
+    grad_offset = torch.zeros_like(offset, memory_format=torch.contiguous_format) if need_offset else None
+    grad_mask = torch.zeros_like(mask, memory_format=torch.contiguous_format) if need_mask else None
+    grad_w = torch.zeros_like(w) if need_weight else None
+    wt = w.transpose(1, 2)  # (groups, C/groups·K, C_out/groups)
+    for s, e in _chunks(geom, torch.finfo(dtype).bits // 8, input.device):
+        if not (need_input or need_offset or need_mask or need_weight):
+            break
+        b = e - s
+        grid = _grid(offset[s:e], geom, dtype)
+        x, cols = _grid_columns(input[s:e], grid, geom, dtype)  # cols: (b, G, C/G, K, L), unmodulated
+        m = None if mask is None else mask[s:e].to(dtype).reshape(b, G, 1, K, L)
+        go = grad_out[s:e].to(dtype).reshape(b, groups, -1, L)  # (b, groups, C_out/groups, L)
+        if need_weight:
+            mod = cols if m is None else cols * m
+            grad_w += torch.matmul(go, mod.view(b, groups, -1, L).transpose(2, 3)).sum(0)
+        grad_mod = torch.matmul(wt, go).view(b, G, Cg, K, L)  # d loss / d modulated columns
+        if need_mask:
+            grad_mask[s:e].view(b, G, K, L).copy_((grad_mod * cols).sum(2))
+        if need_input or need_offset:
+            grad_cols = grad_mod if m is None else grad_mod.mul_(m)
+            gx, gg = torch.ops.aten.grid_sampler_2d_backward(
+                grad_cols.view(b * G, Cg, K * geom.out_h, geom.out_w), x, grid, 0, 0, False,
+                [bool(need_input), bool(need_offset)])
+            if need_input:
+                grad_input[s:e].copy_(gx.view(b, geom.in_channels, geom.height, geom.width))
+            if need_offset:
+                gg = gg.view(b, G, K, geom.out_h, geom.out_w, 2)
+                go_ = grad_offset[s:e].view(b, G, K, 2, geom.out_h, geom.out_w)
+                torch.mul(gg[..., 1], 2.0 / geom.height, out=go_[:, :, :, 0])
+                torch.mul(gg[..., 0], 2.0 / geom.width, out=go_[:, :, :, 1])
+    grad_weight = grad_w.reshape(weight.shape).to(weight.dtype).contiguous() if need_weight else None
+    return grad_input, grad_offset, grad_mask, grad_weight
+
+
+# ----------------------------------------------------------------------------------------------
+# The two passes of a sampler kind, as an autograd Function and as the registered operator
+# ----------------------------------------------------------------------------------------------
+
+
+def _forward(kind: str, input, offset, mask, weight, bias, geom: _Geometry) -> Tensor:  # noqa: ANN001
+    if kind == "grid":
+        return _grid_forward(input, offset, mask, weight, bias, geom)
+    return _chunked_forward(input, offset, mask, weight, bias, geom, kind)
+
+
+def _backward(kind: str, grad_out, input, offset, mask, weight, geom: _Geometry, needs) -> tuple:  # noqa: ANN001
+    """``(grad_input, grad_offset, grad_mask, grad_weight)``, None where ``needs`` is False."""
+    if kind == "grid":
+        return _grid_backward(grad_out, input, offset, mask, weight, geom, needs)
+    return _chunked_backward(grad_out, input, offset, mask, weight, geom, kind, needs)
+
+
+class _DeformConv2dFunction(torch.autograd.Function):
+    """The two passes with an explicit sampler kind ("sparse", "gather" or "grid"), to compare them."""
 
     @staticmethod
-    def forward(ctx, input, offset, mask, weight, bias, geom: _Geometry):
-        dtype = _compute_dtype(input.dtype, "sparse")
-        G, K, L, groups = geom.offset_groups, geom.taps, geom.out_h * geom.out_w, geom.groups
-        out = input.new_empty((geom.batch, geom.out_channels, geom.out_h, geom.out_w))
-        w = weight.to(dtype).reshape(groups, geom.out_channels // groups, -1)  # (groups, C_out/groups, C/groups·K)
-        for s, e in _chunks(geom, torch.finfo(dtype).bits // 8, input.device):
-            b = e - s
-            _, cols = _grid_columns(input[s:e], _grid(offset[s:e], geom, dtype), geom, dtype)
-            if mask is not None:
-                cols.mul_(mask[s:e].to(dtype).view(b, G, 1, K, L))
-            res = torch.matmul(w, cols.view(b, groups, -1, L))  # (b, groups, C_out/groups, L)
-            out[s:e].copy_(res.view(b, geom.out_channels, geom.out_h, geom.out_w))
-        if bias is not None:
-            out += bias.view(1, -1, 1, 1)
-        ctx.geom, ctx.weight_dtype = geom, weight.dtype
-        ctx.save_for_backward(input, offset, mask, w)
-        return out
+    def forward(ctx, input, offset, mask, weight, bias, geom: _Geometry, kind: str):
+        ctx.geom, ctx.kind = geom, kind
+        ctx.save_for_backward(input, offset, mask, weight)
+        return _forward(kind, input, offset, mask, weight, bias, geom)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        input, offset, mask, w = ctx.saved_tensors
-        geom = ctx.geom
+        input, offset, mask, weight = ctx.saved_tensors
         need_input, need_offset, need_mask, need_weight, need_bias = ctx.needs_input_grad[:5]
-        dtype = _compute_dtype(input.dtype, "sparse")
-        G, K, L, groups = geom.offset_groups, geom.taps, geom.out_h * geom.out_w, geom.groups
-        Cg = geom.in_channels // G
-        grad_input = torch.zeros_like(input, memory_format=torch.contiguous_format) if need_input else None
-        grad_offset = torch.zeros_like(offset, memory_format=torch.contiguous_format) if need_offset else None
-        grad_mask = torch.zeros_like(mask, memory_format=torch.contiguous_format) if need_mask else None
-        grad_w = torch.zeros_like(w) if need_weight else None
-        wt = w.transpose(1, 2)  # (groups, C/groups·K, C_out/groups)
-        for s, e in _chunks(geom, torch.finfo(dtype).bits // 8, input.device):
-            if not (need_input or need_offset or need_mask or need_weight):
-                break
-            b = e - s
-            grid = _grid(offset[s:e], geom, dtype)
-            x, cols = _grid_columns(input[s:e], grid, geom, dtype)  # cols: (b, G, C/G, K, L), unmodulated
-            m = None if mask is None else mask[s:e].to(dtype).view(b, G, 1, K, L)
-            go = grad_out[s:e].to(dtype).reshape(b, groups, -1, L)  # (b, groups, C_out/groups, L)
-            if need_weight:
-                mod = cols if m is None else cols * m
-                grad_w += torch.matmul(go, mod.view(b, groups, -1, L).transpose(2, 3)).sum(0)
-            grad_mod = torch.matmul(wt, go).view(b, G, Cg, K, L)  # d loss / d modulated columns
-            if need_mask:
-                grad_mask[s:e].view(b, G, K, L).copy_((grad_mod * cols).sum(2))
-            if need_input or need_offset:
-                grad_cols = grad_mod if m is None else grad_mod.mul_(m)
-                gx, gg = torch.ops.aten.grid_sampler_2d_backward(
-                    grad_cols.view(b * G, Cg, K * geom.out_h, geom.out_w), x, grid, 0, 0, False,
-                    [bool(need_input), bool(need_offset)])
-                if need_input:
-                    grad_input[s:e].copy_(gx.view(b, geom.in_channels, geom.height, geom.width))
-                if need_offset:
-                    gg = gg.view(b, G, K, geom.out_h, geom.out_w, 2)
-                    go_ = grad_offset[s:e].view(b, G, K, 2, geom.out_h, geom.out_w)
-                    torch.mul(gg[..., 1], 2.0 / geom.height, out=go_[:, :, :, 0])
-                    torch.mul(gg[..., 0], 2.0 / geom.width, out=go_[:, :, :, 1])
-        grad_weight = grad_w.reshape_as(w).view(geom.out_channels, -1, geom.kh, geom.kw).to(ctx.weight_dtype) \
-            if need_weight else None
-        grad_bias = grad_out.sum((0, 2, 3)) if need_bias else None
-        return grad_input, grad_offset, grad_mask, grad_weight, grad_bias, None
+        grads = _backward(ctx.kind, grad_out, input, offset, mask, weight, ctx.geom,
+                          (need_input, need_offset, need_mask, need_weight))
+        return *grads, (grad_out.sum((0, 2, 3)) if need_bias else None), None, None
+
+
+_SCHEMA = ("(Tensor input, Tensor offset, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+           "int[2] dilation, Tensor? mask) -> Tensor")
+_BACKWARD_SCHEMA = ("(Tensor grad_out, Tensor input, Tensor offset, Tensor weight, Tensor? mask, int[2] stride, "
+                    "int[2] padding, int[2] dilation, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)")
+
+
+@torch.library.custom_op("vislab::deform_conv2d", mutates_args=(), device_types=("cpu", "cuda"), schema=_SCHEMA)
+def _deform_conv2d_op(input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int],
+                      padding: list[int], dilation: list[int], mask: Tensor | None) -> Tensor:
+    """``vislab::deform_conv2d``: the sparse or grid_sample sampler on CPU, the gather one on CUDA."""
+    geom = _check(input, offset, weight, bias, stride, padding, dilation, mask)
+    return _forward(_default_kind(input, geom), input, offset, mask, weight, bias, geom)
+
+
+@_deform_conv2d_op.register_fake
+def _deform_conv2d_fake(input, offset, weight, bias, stride, padding, dilation, mask):  # noqa: ANN001
+    geom = _check(input, offset, weight, bias, stride, padding, dilation, mask)
+    return input.new_empty((geom.batch, geom.out_channels, geom.out_h, geom.out_w))
+
+
+@torch.library.custom_op("vislab::deform_conv2d_backward", mutates_args=(), device_types=("cpu", "cuda"),
+                         schema=_BACKWARD_SCHEMA)
+def _deform_conv2d_backward_op(grad_out: Tensor, input: Tensor, offset: Tensor, weight: Tensor, mask: Tensor | None,
+                               stride: list[int], padding: list[int], dilation: list[int],
+                               output_mask: list[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``vislab::deform_conv2d_backward``: the gradients of (input, offset, weight, mask) selected by
+    ``output_mask``; an unselected one (and the mask's when there is no mask) is an empty tensor."""
+    geom = _check(input, offset, weight, None, stride, padding, dilation, mask)
+    need_input, need_offset, need_weight, need_mask = output_mask
+    gi, go, gm, gw = _backward(_default_kind(input, geom), grad_out, input, offset, mask, weight, geom,
+                               (need_input, need_offset, need_mask and mask is not None, need_weight))
+    return tuple(input.new_empty(0) if g is None else g for g in (gi, go, gw, gm))
+
+
+@_deform_conv2d_backward_op.register_fake
+def _deform_conv2d_backward_fake(grad_out, input, offset, weight, mask, stride, padding, dilation,  # noqa: ANN001
+                                 output_mask):
+    _check(input, offset, weight, None, stride, padding, dilation, mask)
+    need_input, need_offset, need_weight, need_mask = output_mask
+    sizes = (input.shape if need_input else (0,), offset.shape if need_offset else (0,),
+             weight.shape if need_weight else (0,), mask.shape if need_mask and mask is not None else (0,))
+    return tuple(input.new_empty(size) for size in sizes)
+
+
+def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+    input, offset, weight, _, stride, padding, dilation, mask = inputs
+    ctx.save_for_backward(input, offset, weight, mask)
+    ctx.geometry = (stride, padding, dilation)
+
+
+def _autograd_backward(ctx, grad_out):  # noqa: ANN001
+    input, offset, weight, mask = ctx.saved_tensors
+    need_input, need_offset, need_weight, need_bias, _, _, _, need_mask = ctx.needs_input_grad
+    grads = torch.ops.vislab.deform_conv2d_backward(
+        grad_out, input, offset, weight, mask, *ctx.geometry,
+        [need_input, need_offset, need_weight, need_mask and mask is not None])
+    gi, go, gw, gm = (g if need else None for g, need in zip(grads, (need_input, need_offset, need_weight,
+                                                                      need_mask)))
+    gb = grad_out.sum((0, 2, 3)) if need_bias else None
+    return gi, go, gw, gb, None, None, None, gm
+
+
+_deform_conv2d_op.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
 def deform_conv2d(
@@ -696,20 +807,20 @@ def deform_conv2d(
     Returns:
         ``Tensor[B, C_out, Ho, Wo]`` in the input's dtype.
 
-    Float16/bfloat16 inputs are computed in float32 on CPU and returned in their own dtype. Under
-    ``torch.compile``/``torch.export``/ONNX export the standard-op formulation
+    Float16/bfloat16 inputs are computed in float32 on CPU and returned in their own dtype. This
+    calls the registered operator ``torch.ops.vislab.deform_conv2d`` (one node under
+    ``torch.compile`` and ``torch.export``); under ONNX export the standard-op formulation
     :func:`deform_conv2d_gather` is used so that the graph contains only standard ops.
+
+    Raises:
+        TypeError: an argument of the wrong type or dtype.
+        DeformConvValueError: wrong sizes (also a ``RuntimeError``, as torchvision's errors are).
     """
-    if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+    if torch.onnx.is_in_onnx_export():  # ONNX has no such op: standard ops only
         return deform_conv2d_gather(input, offset, weight, bias, stride, padding, dilation, mask)
     geom = _check(input, offset, weight, bias, stride, padding, dilation, mask)
-    return _apply(_default_kind(input, geom), input, offset, mask, weight, bias, geom)
-
-
-def _apply(kind: str, input, offset, mask, weight, bias, geom: _Geometry) -> Tensor:  # noqa: ANN001
-    if kind == "grid":
-        return _DeformConv2dGridFunction.apply(input, offset, mask, weight, bias, geom)
-    return _DeformConv2dFunction.apply(input, offset, mask, weight, bias, geom, kind)
+    return torch.ops.vislab.deform_conv2d(input, offset, weight, bias, list(geom.stride), list(geom.padding),
+                                          list(geom.dilation), mask)
 
 
 def _deform_conv2d_with(kind: str, input: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None = None,
@@ -717,4 +828,4 @@ def _deform_conv2d_with(kind: str, input: Tensor, offset: Tensor, weight: Tensor
                         mask: Tensor | None = None) -> Tensor:
     """The autograd Function with an explicit sampler kind (``"sparse"``, ``"gather"`` or ``"grid"``), for tests."""
     geom = _check(input, offset, weight, bias, stride, padding, dilation, mask)
-    return _apply(kind, input, offset, mask, weight, bias, geom)
+    return _DeformConv2dFunction.apply(input, offset, mask, weight, bias, geom, kind)

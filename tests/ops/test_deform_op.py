@@ -1,0 +1,310 @@
+"""vislab::deform_conv2d as a registered torch operator: schema, fake kernel, autograd registration
+and AOT dispatch (torch.library.opcheck) over a grid of geometries, dtypes and memory layouts;
+the public function dispatches to it; torch.compile, torch.export and torch.fx see one op."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import vislab.ops.deform_conv as dc
+from vislab.layers import DeformConv2d, convert_to_deformable
+from vislab.ops import deform_conv2d, deform_conv2d_gather, deform_conv2d_output_size
+
+OP = torch.ops.vislab.deform_conv2d.default
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                  reason="needs a CUDA device"))]
+
+
+def _layout(t: torch.Tensor | None, layout: str) -> torch.Tensor | None:
+    """The same values stored another way: "channels_last" (NHWC strides), "transposed" (H and W
+    swapped in memory), "sliced" (every other element of a larger buffer) or "contiguous"."""
+    if t is None or layout == "contiguous":
+        return t
+    if t.dim() != 4:  # bias: a strided view
+        return torch.stack((t, torch.zeros_like(t)), 1)[:, 0] if layout == "sliced" else t
+    if layout == "channels_last":
+        return t.contiguous(memory_format=torch.channels_last)
+    if layout == "transposed":
+        return t.transpose(2, 3).contiguous().transpose(2, 3)
+    if layout == "sliced":
+        return torch.stack((t, torch.zeros_like(t)), -1)[..., 0]
+    raise ValueError(layout)
+
+
+LAYOUTS = ["contiguous", "channels_last", "transposed", "sliced"]
+
+
+def make_args(B=2, C=4, C_out=4, H=6, W=5, kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1),
+              groups=1, offset_groups=1, mask=True, bias=True, dtype=torch.float64, layout="contiguous",
+              device="cpu", seed=0, requires_grad=True):
+    """Positional arguments of the op ``(input, offset, weight, bias, stride, padding, dilation, mask)``;
+    ``layout`` is one name for every tensor or a tuple of five (input, offset, weight, bias, mask)."""
+    g = torch.Generator().manual_seed(seed)
+    Ho, Wo = deform_conv2d_output_size((H, W), kernel, stride, padding, dilation)
+    K = kernel[0] * kernel[1]
+    tensors = [torch.randn(B, C, H, W, generator=g, dtype=dtype),
+               torch.randn(B, 2 * offset_groups * K, Ho, Wo, generator=g, dtype=dtype) * 1.5,
+               torch.randn(C_out, C // groups, *kernel, generator=g, dtype=dtype),
+               torch.randn(C_out, generator=g, dtype=dtype) if bias else None,
+               torch.rand(B, offset_groups * K, Ho, Wo, generator=g, dtype=dtype) if mask else None]
+    layouts = (layout,) * 5 if isinstance(layout, str) else layout
+    out = []
+    for t, lay in zip(tensors, layouts):
+        if t is not None:
+            t = _layout(t.to(device), lay)
+            if requires_grad:
+                t.requires_grad_()
+        out.append(t)
+    x, offset, weight, b, m = out
+    return (x, offset, weight, b, list(stride), list(padding), list(dilation), m)
+
+
+# A compact grid: every axis of the issue (batch 0/1/odd, groups, offset groups, stride/padding/
+# dilation pairs, with and without mask and bias, fp32 and fp64, both CPU samplers) appears at least
+# once, each case in its own layout; the "mixed" layouts give every argument a different one.
+MIXED = ("channels_last", "transposed", "sliced", "sliced", "transposed")
+MIXED_2 = ("transposed", "channels_last", "channels_last", "contiguous", "sliced")
+CASES = {
+    "basic": (dict(), "contiguous"),
+    "batch-0": (dict(B=0), "channels_last"),
+    "batch-1-no-mask": (dict(B=1, mask=False), "transposed"),
+    "batch-3-pairs": (dict(B=3, C=3, C_out=2, H=7, W=8, kernel=(3, 2), stride=(2, 1), padding=(1, 0),
+                           dilation=(2, 1)), MIXED),
+    "groups-offset-groups": (dict(C=6, C_out=4, groups=2, offset_groups=3, mask=True), MIXED_2),
+    "fp32-groups-no-bias": (dict(C=8, C_out=4, groups=4, offset_groups=2, bias=False, dtype=torch.float32),
+                            "sliced"),
+    "grid-sampler-1-channel": (dict(B=3, C=1, C_out=3, H=7, W=7), MIXED),  # the grid_sample path on CPU
+    "grid-sampler-fp32-no-mask": (dict(C=4, offset_groups=2, mask=False, dtype=torch.float32, stride=(2, 2)),
+                                  "transposed"),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", list(CASES))
+def test_opcheck(case, device):
+    kwargs, layout = CASES[case]
+    torch.library.opcheck(OP, make_args(**kwargs, layout=layout, device=device))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS + ["mixed"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_opcheck_exhaustive(case, layout, dtype, device):
+    kwargs, _ = CASES[case]
+    kwargs = {**kwargs, "dtype": dtype}
+    for mask in (True, False):
+        torch.library.opcheck(OP, make_args(**{**kwargs, "mask": mask}, device=device,
+                                            layout=MIXED if layout == "mixed" else layout))
+
+
+def test_opcheck_of_the_backward_op():
+    x, offset, weight, _, stride, padding, dilation, mask = make_args(B=3, C=6, groups=2, offset_groups=3,
+                                                                      layout=MIXED, requires_grad=False)
+    grad_out = _layout(torch.randn(3, 4, 6, 5, dtype=torch.float64), "transposed")
+    for output_mask in ([True, True, True, True], [False, True, False, True], [True, False, True, False]):
+        torch.library.opcheck(torch.ops.vislab.deform_conv2d_backward.default,
+                              (grad_out, x, offset, weight, mask, stride, padding, dilation, output_mask))
+
+
+class _OpLog(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_public_function_and_its_backward_dispatch_to_the_registered_ops():
+    x, offset, weight, bias, stride, padding, dilation, mask = make_args()
+    with _OpLog() as log:
+        out = deform_conv2d(x, offset, weight, bias, stride, padding, dilation, mask)
+        out.sum().backward()
+    assert "vislab.deform_conv2d.default" in log.ops
+    assert "vislab.deform_conv2d_backward.default" in log.ops
+    assert OP._schema.name == "vislab::deform_conv2d"
+    for key in ("CPU", "CUDA", "Meta", "Autograd"):  # Meta: the fake kernel, also used by FakeTensor
+        assert torch._C._dispatch_has_kernel_for_dispatch_key("vislab::deform_conv2d", key), key
+
+
+@pytest.mark.parametrize("case", ["groups-offset-groups", "grid-sampler-1-channel", "batch-3-pairs"])
+def test_registered_op_equals_the_gather_formulation(case):
+    kwargs, layout = CASES[case]
+    args = make_args(**kwargs, layout=layout)
+    x, offset, weight, bias, stride, padding, dilation, mask = args
+    results = []
+    for fn in (deform_conv2d, deform_conv2d_gather):
+        leaves = [None if t is None else t.detach().clone().requires_grad_() for t in (x, offset, weight, bias, mask)]
+        out = fn(*leaves[:4], stride, padding, dilation, mask=leaves[4])
+        out.backward(torch.arange(out.numel(), dtype=out.dtype).reshape(out.shape).cos())
+        results.append([out.detach()] + [None if t is None else t.grad for t in leaves])
+    for a, e in zip(*results):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+
+
+# ---- torch.compile, torch.export, torch.fx --------------------------------------------------
+
+
+def _network():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, stride=2, padding=1),
+                          nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 1))
+    convert_to_deformable(model, ["0", "2"])  # the 1-channel layer samples with grid_sample on CPU
+    convert_to_deformable(model, ["4"], offset_groups=2)
+    with torch.no_grad():  # non-zero offsets and masks, as after training
+        for layer in (model[0], model[2], model[4]):
+            layer.offset_conv.weight.normal_(0, 0.3)
+            layer.offset_conv.bias.normal_(0, 1.0)
+    return model
+
+
+def test_network_compiles_with_fullgraph_and_the_op_stays_one_node():
+    """fullgraph=True raises on any graph break; the traced graphs keep the op (forward and backward)."""
+    model = _network()
+    x = torch.randn(2, 1, 12, 12)
+    expected = model(x)
+    expected.square().sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    seen = []
+
+    def backend(gm, example_inputs):
+        from torch._dynamo.backends.common import aot_autograd
+
+        def record(g, _inputs):
+            seen.extend(str(n.target) for n in g.graph.nodes if n.op == "call_function")
+            return g
+        return aot_autograd(fw_compiler=record, bw_compiler=record)(gm, example_inputs)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend=backend)
+    out = compiled(x)
+    out.square().sum().backward()
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    for p, g in zip(model.parameters(), grads):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-5)
+    assert seen.count("vislab.deform_conv2d.default") == 3
+    assert seen.count("vislab.deform_conv2d_backward.default") == 3
+    assert not any("index_select" in t or "gather" in t for t in seen)  # not traced through
+
+
+def test_network_exports_with_a_dynamic_batch():
+    model = _network().eval()
+    x = torch.randn(2, 1, 12, 12)
+    batch = torch.export.Dim("batch", min=1, max=32)
+    program = torch.export.export(model, (x,), dynamic_shapes={"input": {0: batch}})
+    targets = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+    assert targets.count("vislab.deform_conv2d.default") == 3
+    for b in (2, 5):
+        inp = torch.randn(b, 1, 12, 12, generator=torch.Generator().manual_seed(b))
+        torch.testing.assert_close(program.module()(inp), model(inp), rtol=1e-5, atol=1e-6)
+
+
+def test_fx_symbolic_trace_keeps_the_op_as_a_leaf_call():
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = DeformConv2d(6, 4, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(2, 1), groups=2)
+
+        def forward(self, x, offset, mask):
+            return self.layer(x, offset, mask)
+
+    wrapper = Wrapper().double()
+    traced = torch.fx.symbolic_trace(wrapper)
+    calls = [n for n in traced.graph.nodes if n.op == "call_function"]
+    assert [n.target for n in calls] == [deform_conv2d]  # one node, not its internals
+    x, offset, weight, _, *_, mask = make_args(B=3, C=6, C_out=4, H=5, W=4, kernel=(3, 2), stride=(2, 1),
+                                               padding=(1, 0), dilation=(2, 1), groups=2, offset_groups=3,
+                                               layout="transposed", requires_grad=False)
+    torch.testing.assert_close(traced(x, offset, mask), wrapper(x, offset, mask))
+    # and a network of drop-in layers
+    model = _network()
+    traced = torch.fx.symbolic_trace(model)
+    assert sum(n.target is deform_conv2d for n in traced.graph.nodes) == 3
+    inp = torch.randn(2, 1, 12, 12)
+    torch.testing.assert_close(traced(inp), model(inp))
+
+
+# ---- errors -------------------------------------------------------------------------------------
+
+
+def test_size_errors_are_value_and_runtime_errors_with_torchvisions_phrases():
+    assert issubclass(dc.DeformConvValueError, ValueError) and issubclass(dc.DeformConvValueError, RuntimeError)
+    x, offset, weight, bias, stride, padding, dilation, mask = make_args(B=2, C=6, groups=2, offset_groups=3,
+                                                                         requires_grad=False)
+    layer = DeformConv2d(6, 4, 3, padding=1, groups=2).double()
+    with pytest.raises(RuntimeError, match=r"the shape of the offset.*got shape \(2, 2, 6, 5\)"):
+        layer(x, offset[:, :2])
+    with pytest.raises(RuntimeError, match=r"mask.shape\[1\] is not valid.*\[2, 27, 6, 5\] \(G=3"):
+        layer(x, offset, mask[:, :2])
+    with pytest.raises(ValueError, match=r"the shape of the mask is wrong.*got shape \(1, 27, 6, 5\)"):
+        layer(x, offset, mask[:1])
+    # the sizes are checked before the dtypes (a float32 layer with float64 offsets: the size error)
+    with pytest.raises(RuntimeError, match="the shape of the offset"):
+        DeformConv2d(6, 4, 3, padding=1, groups=2)(x.float(), offset[:, :2])
+    # the op checks its arguments too, under FakeTensor as well
+    with pytest.raises(RuntimeError, match="the shape of the offset"):
+        OP(x, offset[:, :2], weight, bias, stride, padding, dilation, None)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    mode = FakeTensorMode()
+    fakes = [mode.from_tensor(t) for t in (x, offset, weight, bias, mask[:, :2].contiguous())]
+    with mode, pytest.raises(RuntimeError, match=r"mask.shape\[1\] is not valid"):
+        OP(*fakes[:4], stride, padding, dilation, fakes[4])
+
+
+# ---- every argument in every layout; batch sizes 0 and 33 ------------------------------------------
+
+
+def _forward_backward(fn, args, grad_seed=1):
+    x, offset, weight, bias, stride, padding, dilation, mask = args
+    out = fn(x, offset, weight, bias, stride, padding, dilation, mask=mask)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed), dtype=out.dtype)
+    leaves = [t for t in (x, offset, weight, bias, mask) if t is not None]
+    grads = torch.autograd.grad(out, leaves, grad) if out.numel() else [torch.zeros_like(t) for t in leaves]
+    return [out, *grads]
+
+
+@pytest.mark.parametrize("use_mask", [True, False], ids=["mask", "no-mask"])
+@pytest.mark.parametrize("channels", [6, 3], ids=["sparse-sampler", "grid-sampler"])
+def test_every_argument_in_every_layout_gives_the_contiguous_result(channels, use_mask):
+    geometry = dict(B=3, C=channels, C_out=4, H=5, W=6, kernel=(3, 2), stride=(2, 1), padding=(1, 0),
+                    dilation=(2, 1), groups=1 if channels == 3 else 2, offset_groups=3, mask=use_mask)
+    expected = _forward_backward(deform_conv2d, make_args(**geometry))
+    for position, layout in itertools.product(range(5), LAYOUTS[1:]):
+        layouts = ["contiguous"] * 5
+        layouts[position] = layout
+        for layouts_ in (tuple(layouts), (layout,) * 5):
+            actual = _forward_backward(deform_conv2d, make_args(**geometry, layout=layouts_))
+            for a, e in zip(actual, expected):
+                torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12, msg=str(layouts_))
+
+
+def test_transposed_mask_in_the_grid_sampler_path():
+    """The crash of issue 22: a mask stored with H and W swapped, one channel per offset group."""
+    args = make_args(B=2, C=2, C_out=3, H=6, W=6, offset_groups=2, layout=("contiguous", "contiguous",
+                                                                            "contiguous", "contiguous", "transposed"))
+    assert dc._default_kind(args[0], dc._check(*args)) == "grid"
+    expected = _forward_backward(deform_conv2d_gather, args)
+    for a, e in zip(_forward_backward(deform_conv2d, args), expected):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("batch", [0, 33])
+def test_batch_0_and_33_with_and_without_mask_match_torchvision(batch):
+    torchvision = pytest.importorskip("torchvision")
+    for use_mask, layout in ((True, "transposed"), (False, MIXED)):
+        args = make_args(B=batch, C=6, C_out=2, H=5, W=4, kernel=(3, 2), stride=(2, 1), padding=(1, 0),
+                         dilation=(2, 1), groups=2, offset_groups=3, mask=use_mask, layout=layout)
+        actual = _forward_backward(deform_conv2d, args)
+        expected = _forward_backward(torchvision.ops.deform_conv2d, args)
+        assert actual[0].shape == (batch, 2, 2, 3)
+        for a, e in zip(actual, expected):
+            torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)

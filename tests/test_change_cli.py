@@ -62,14 +62,14 @@ def _run(capsys, a, b, **kw) -> dict:
 def tiny_checkpoint(tmp_path_factory):
     """A checkpoint written by a tiny real run of the experiment (64 px, one epoch)."""
     from vislab.experiments.change_detection import ChangeDetection
-    from vislab.experiments.runner import RunOptions, run_experiment
+    from vislab.protocol.runner import RunOptions, run_experiment
 
     exp = ChangeDetection()
     out = tmp_path_factory.mktemp("cli") / "run"
     tiny = {"image_size": 64, "max_shift": 8.0, "min_shift": 2.0, "widths": (8, 8, 16, 16), "hidden": 32,
             "epochs": 1, "n_train": 32, "n_val": 8, "n_test": 8, "batch_size": 16, "examples": 1}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("vislab.experiments.runner.get_experiment", lambda name: exp)
+        mp.setattr("vislab.protocol.runner.get_experiment", lambda name: exp)
         summary = run_experiment(RunOptions(name="change-detection", out=str(out), overrides=tiny))
     return summary["checkpoint"]
 

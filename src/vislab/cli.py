@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 EXIT_USAGE = 2
@@ -46,6 +45,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-nodes", type=int, default=1, help="nodes for multi-node DDP (torchrun/SLURM)")
     p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda", "mps"],
                    help="where to train; 'gpu' without a GPU is an error, never a silent CPU run")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="train every variant with N seeds (seed, seed+1, ...): metrics get a mean and a 95%% "
+                        "interval, claims a paired interval over seeds (default 1)")
+    p.add_argument("--logger", default="tensorboard", choices=["tensorboard", "none"],
+                   help="TensorBoard event files in the run folder's tb/ (default), or none")
+    p.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "16-mixed"],
+                   help="training precision passed to Lightning (16-mixed needs a CUDA GPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", default=[], metavar="NAME",
                    help="run only this experiment (repeatable)")
     p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda", "mps"])
+    p.add_argument("--logger", default="tensorboard", choices=["tensorboard", "none"],
+                   help="TensorBoard event files in each run's tb/ (default), or none")
 
     sub.add_parser("list", help="list the registered experiments")
 
@@ -96,13 +104,14 @@ def _dispatch(args: argparse.Namespace, rest: list[str]) -> int:
         print(describe_experiment(args.name))
         return 0
     if args.command == "run":
-        from vislab.experiments.runner import run_from_cli
+        from vislab.protocol.runner import run_from_cli
 
         return run_from_cli(args)
     if args.command == "demo":
         from vislab.experiments.demo import run_demo
 
-        return run_demo(quick=args.quick, out=args.out, only=args.only, accelerator=args.accelerator)
+        return run_demo(quick=args.quick, out=args.out, only=args.only, accelerator=args.accelerator,
+                        logger=args.logger)
     if args.command in TASK_COMMANDS:
         return getattr(_import(TASK_COMMANDS[args.command]), f"{args.command}_command")(args)
     raise AssertionError(args.command)
@@ -115,10 +124,17 @@ def main(argv: list[str] | None = None) -> int:
         from vislab.arith.cli import main as arith_main
 
         return _guard(lambda: arith_main(argv[1:]))
+    from vislab.commands._console import parse_args_one_line
+
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
+    parsed = parse_args_one_line(parser, argv)  # argparse errors: one line, exit 2
+    if isinstance(parsed, int):
+        return parsed
+    args, rest = parsed
     if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        print(f"vislab: error: unrecognized arguments: {' '.join(rest)} (see `vislab "
+              f"{args.command + ' ' if args.command else ''}-h`)", file=sys.stderr)
+        return EXIT_USAGE
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
@@ -126,25 +142,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _guard(fn) -> int:
-    """Turn bad input into one line on stderr and exit code 2; VISLAB_DEBUG=1 shows the traceback."""
-    from vislab.errors import UserError
+    """Run a command: bad input (``UserError``, the ``OSError`` family) is one line on stderr and exit 2, a
+    diverged training one line and exit 3, Ctrl-C the resume hint and 130, a closed stdout 141; anything else
+    is a bug and keeps its traceback, followed by a line asking for a report (exit 1). VISLAB_DEBUG=1 shows
+    every traceback. See :mod:`vislab.commands._console`."""
+    from vislab.commands._console import guard
 
-    try:
-        return int(fn() or 0)
-    except KeyboardInterrupt:
-        print("vislab: interrupted (resume with --resume)", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        # the reader went away (`vislab list | head`): stop quietly, as other command-line tools do
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
-    except (UserError, ValueError, TypeError, FileNotFoundError, NotADirectoryError) as exc:
-        if os.environ.get("VISLAB_DEBUG"):
-            raise
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"vislab: error: {msg}", file=sys.stderr)
-        return EXIT_USAGE
+    return guard(fn)
 
 
 if __name__ == "__main__":

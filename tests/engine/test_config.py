@@ -42,7 +42,35 @@ def test_bad_values(item, message):
         apply_overrides(_Cfg(), [item])
 
 
-def test_describe_has_comments():
-    rows = {name: (tp, default, comment) for name, tp, default, comment in describe_config(CommonConfig)}
+def test_describe_has_comments_and_constraints():
+    rows = {name: (tp, default, rule, comment) for name, tp, default, rule, comment in describe_config(CommonConfig)}
     assert rows["epochs"][1] == 10
-    assert "early stopping" in rows["patience"][2]
+    assert "early stopping" in rows["patience"][3]
+    assert rows["lr"][2] == "> 0" and rows["seed"][2].startswith(">= 0")
+
+
+@pytest.mark.parametrize("item, message", [
+    ("lr=inf", "lr must be a finite number, got inf"), ("lr=nan", "lr must be a finite number, got nan"),
+    ("seed=-1", "seed must be >= 0, got -1"), ("lr_factor=1.5", "lr_factor must be < 1"),
+    ("weight_decay=-1e-3", "weight_decay must be >= 0"), ("limit_test=0", "limit_test must be >= 1"),
+])
+def test_declared_constraints_name_the_field(item, message):
+    with pytest.raises(UserError, match=message):
+        apply_overrides(CommonConfig(), [item])
+
+
+def test_constraints_on_tuples_and_choices():
+    from dataclasses import dataclass
+
+    from vislab.engine.config import check_constraints, param
+
+    @dataclass
+    class C(CommonConfig):
+        sizes: tuple[float, ...] = param((1.0, 2.0), gt=0, length=2)
+        pool: str = param("max", choices=("max", "avg"))
+
+    check_constraints(C())
+    for over, msg in ((["sizes=1,nan"], "finite"), (["sizes=1,2,3"], "2 items"), (["sizes=0,2"], "> 0"),
+                      (["pool=sum"], "expected one of max, avg")):
+        with pytest.raises(UserError, match=msg):
+            apply_overrides(C(), over)

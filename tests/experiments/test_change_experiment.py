@@ -12,7 +12,7 @@ import pytest
 from vislab.engine.run_dir import RunDir
 from vislab.errors import UserError
 from vislab.experiments.change_detection import METHODS, ChangeDetection
-from vislab.experiments.runner import RunOptions, run_experiment
+from vislab.protocol.runner import RunOptions, run_experiment
 from vislab.metrics.registration import METRIC_KEYS
 
 TINY = {"image_size": 64, "max_shift": 8.0, "min_shift": 2.0, "widths": (8, 8, 16, 16), "hidden": 32, "epochs": 1,
@@ -23,7 +23,7 @@ def _run_with_instance(out: Path, overrides: dict, **opts) -> tuple[dict, Change
     """run_experiment through the real runner with this experiment."""
     exp = ChangeDetection()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("vislab.experiments.runner.get_experiment", lambda name: exp)
+        mp.setattr("vislab.protocol.runner.get_experiment", lambda name: exp)
         summary = run_experiment(RunOptions(name="change-detection", out=str(out), overrides=overrides, **opts))
     return summary, exp
 

@@ -6,7 +6,7 @@ import pytest
 
 from helpers import run_cli
 from vislab.experiments.deform_vs_conv import comparison_sentences
-from vislab.experiments.runner import RunOptions, run_experiment
+from vislab.protocol.runner import RunOptions, run_experiment
 
 TINY = {"epochs": 1, "n_train": 24, "n_val": 12, "n_test": 12, "batch_size": 12, "image_size": 32,
         "widths": (4, 4, 8, 8, 8), "sampling_images": 1}
@@ -32,11 +32,13 @@ def test_three_variants_side_by_side(tmp_path):
     for r in runs.values():
         assert set(r["test"]) >= {"loss", "accuracy", "precision_micro", "recall_micro", "f1_micro", "f1_macro", "map"}
         assert set(r["time"]) >= {"fit_s", "epoch_s_mean", "step_ms_mean", "infer_ms_per_image"}
-        assert 0.0 <= r["test"]["map"] <= 1.0
+        assert 0.0 <= r["test"]["map"]["mean"] <= 1.0 and r["test"]["map"]["per_seed"] == [r["test"]["map"]["mean"]]
     assert (out / "figures" / "sampling_deform-all_0.png").exists()
     assert (out / "figures" / "time_step.png").exists()
     report = (out / "report.md").read_text()
-    assert "On test mAP (higher is better)" in report
+    assert "deform-all beats regular on map" in report and "Claims checked" in report
+    assert [c["verdict"] in ("holds", "not shown", "fails") for c in summary["claims"]] == [True, True]
+    assert "bootstrap" in summary["claims"][0]["note"]
     saved = json.loads((out / "summary.json").read_text())
     assert saved["runs"]["deform-all"]["test"] == runs["deform-all"]["test"]
 
@@ -77,7 +79,7 @@ def test_comparison_says_only_what_numbers_support():
     text = "\n".join(comparison_sentences(runs))
     assert "On test mAP (higher is better) **deform-all** wins (deform-all 0.55 vs regular 0.5)" in text
     assert "On test F1 micro (higher is better) all variants tie (regular 0.5, deform-all 0.5)" in text
-    assert "deform-all vs regular: mAP +0.0500 (higher), training step 3.00× the time, +50 parameters" in text
+    assert "deform-all vs regular: mean mAP +0.0500 (higher), training step 3.00× the time, +50 parameters" in text
 
 
 @pytest.mark.slow
@@ -85,4 +87,4 @@ def test_demo_settings_learn_the_digits(tmp_path):
     summary = run_experiment(RunOptions(name="deform-vs-conv", out=str(tmp_path / "run"), demo=True,
                                         overrides={"variants": ("regular",)}))
     # chance mAP is about the label frequency (1-2 of 10 digits: ~0.15); measured 0.44 after the demo's 4 epochs
-    assert summary["runs"]["regular"]["test"]["map"] > 0.35
+    assert summary["runs"]["regular"]["test"]["map"]["mean"] > 0.35

@@ -19,7 +19,7 @@ from vislab.experiments.detection import (
     freeze_early_layers,
     load_detector_checkpoint,
 )
-from vislab.experiments.runner import RunOptions, run_experiment
+from vislab.protocol.runner import RunOptions, run_experiment
 from vislab.metrics.detection import coco_map
 from vislab.report.document import fmt
 
@@ -32,7 +32,7 @@ TINY = {"image_size": 64, "epochs": 1, "batch_size": 4, "n_train": 12, "n_val": 
 def run_detection(out: Path, overrides: dict, **opts) -> tuple[dict, Detection]:
     exp = Detection()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("vislab.experiments.runner.get_experiment", lambda name: exp)
+        mp.setattr("vislab.protocol.runner.get_experiment", lambda name: exp)
         summary = run_experiment(RunOptions(name="detection", out=str(out), overrides=overrides, **opts))
     return summary, exp
 

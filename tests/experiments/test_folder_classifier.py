@@ -3,7 +3,7 @@ import json
 import pytest
 
 from helpers import photo_folder, run_cli
-from vislab.experiments.runner import RunOptions, run_experiment
+from vislab.protocol.runner import RunOptions, run_experiment
 
 TINY = {"epochs": 2, "per_class": 6, "image_size": 32, "batch_size": 8, "cam_images": 4}
 

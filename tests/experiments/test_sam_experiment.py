@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from vislab.errors import UserError
-from vislab.experiments.runner import RunOptions, run_experiment
+from vislab.protocol.runner import RunOptions, run_experiment
 from vislab.experiments.sam_finetune import SamFinetune, SamFinetuneConfig
 
 TINY = {"scenes": 12, "image_size": 64, "encoder_size": 64, "epochs": 2, "aug_copies": 2, "batch_size": 8,
@@ -23,7 +23,7 @@ def _run(out: Path, overrides: dict, **opts) -> tuple[dict, SamFinetune]:
     """run_experiment through the real runner with this experiment (until the lead registers it)."""
     exp = SamFinetune()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("vislab.experiments.runner.get_experiment", lambda name: exp)
+        mp.setattr("vislab.protocol.runner.get_experiment", lambda name: exp)
         summary = run_experiment(RunOptions(name="sam-finetune", out=str(out), overrides=overrides, **opts))
     return summary, exp
 

@@ -12,7 +12,7 @@ import torch
 from helpers import run_cli
 from vislab.engine.run_dir import RunDir
 from vislab.errors import UserError
-from vislab.experiments.runner import RunOptions, run_experiment
+from vislab.protocol.runner import RunOptions, run_experiment
 from vislab.experiments.transfer import VARIANTS, Transfer
 from vislab.report.embedding_plot import EmbeddingPanel, pca_2d, plot_embeddings
 
@@ -33,7 +33,7 @@ def _run_with_instance(out: Path, overrides: dict, **opts) -> tuple[dict, Transf
     """run_experiment through the real runner, keeping the experiment object (trained models, initial weights)."""
     exp = Transfer()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("vislab.experiments.runner.get_experiment", lambda name: exp)
+        mp.setattr("vislab.protocol.runner.get_experiment", lambda name: exp)
         summary = run_experiment(RunOptions(name="transfer", out=str(out), overrides=overrides, **opts))
     return summary, exp
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from vislab.errors import UserError
-from vislab.experiments.runner import RunOptions, run_experiment
+from vislab.protocol.runner import RunOptions, run_experiment
 from vislab.experiments.vit import VitConfig, VitExperiment, shuffle_patches
 
 TINY = {"epochs": 1, "per_class": 12, "image_size": 32, "patch_size": 8, "num_layers": 1, "num_heads": 2,
@@ -23,7 +23,7 @@ def _run(out: Path, overrides: dict, **opts) -> tuple[dict, VitExperiment]:
     """run_experiment through the real runner with this experiment (until the registry lists it)."""
     exp = VitExperiment()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("vislab.experiments.runner.get_experiment", lambda name: exp)
+        mp.setattr("vislab.protocol.runner.get_experiment", lambda name: exp)
         summary = run_experiment(RunOptions(name="vit", out=str(out), overrides=overrides, **opts))
     return summary, exp
 

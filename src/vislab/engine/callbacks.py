@@ -6,12 +6,15 @@ The recorder keeps its state in Lightning checkpoints, so a resumed run continue
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 from torch import nn
 
 from vislab.engine.run_dir import RunDir
@@ -29,10 +32,13 @@ class EpochRecorder(L.Callback):
     """
 
     def __init__(self, run: RunDir, variant: str, stage: str, *, log_lines: bool = False,
-                 headline: str | None = None, max_epochs: int | None = None) -> None:
+                 headline: str | None = None, max_epochs: int | None = None, seed: int | None = None,
+                 label: str | None = None) -> None:
         self.run = run
         self.variant = variant
         self.stage = stage
+        self.seed = seed
+        self.label = label or variant
         self.log_lines = log_lines
         self.headline = headline
         self.max_epochs = max_epochs
@@ -63,11 +69,14 @@ class EpochRecorder(L.Callback):
             return
         self.epoch_s.append(time.perf_counter() - self._t_epoch)
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
-        row: dict[str, Any] = {"variant": self.variant, "stage": self.stage, "epoch": trainer.current_epoch + 1,
-                               "lr": lr}
+        row: dict[str, Any] = {"seed": self.seed, "variant": self.variant, "stage": self.stage,
+                               "epoch": trainer.current_epoch + 1, "lr": lr}
         row.update({f"train_{k}": v for k, v in train.items()})
         row.update({f"val_{k}": v for k, v in val.items()})
         row["epoch_s"] = self.epoch_s[-1]
+        if trainer.logger:  # TensorBoard: the same numbers as the row, per epoch
+            trainer.logger.log_metrics({k: v for k, v in row.items() if k not in ("seed", "variant", "stage", "epoch")
+                                        and isinstance(v, (int, float))}, step=trainer.current_epoch + 1)
         if trainer.is_global_zero:
             self.run.upsert_metrics([row])
             if self.log_lines:
@@ -75,7 +84,7 @@ class EpochRecorder(L.Callback):
 
     def _line(self, row: dict[str, Any], pl_module: L.LightningModule) -> str:
         of = f"/{self.max_epochs}" if self.max_epochs else ""
-        parts = [f"[{self.variant}/{self.stage}] epoch {row['epoch']}{of}"]
+        parts = [f"[{self.label}/{self.stage}] epoch {row['epoch']}{of}"]
         shown = ["loss"]
         for name in (self.headline, getattr(pl_module, "monitor", "").split("/", 1)[-1]):
             if name and name not in shown:
@@ -102,6 +111,65 @@ class EpochRecorder(L.Callback):
         self.epoch_s = list(state_dict.get("epoch_s", []))
         self.step_ms_sum = float(state_dict.get("step_ms_sum", 0.0))
         self.steps = int(state_dict.get("steps", 0))
+
+
+class FiniteLoss(L.Callback):
+    """Stop the stage at the first non-finite training loss: :class:`vislab.errors.TrainingDiverged` names the
+    variant, stage, epoch and step (the CLI exits 3; the run folder records ``status: diverged``)."""
+
+    def __init__(self, variant: str, stage: str) -> None:
+        self.variant, self.stage = variant, stage
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss.detach()).all()):
+            from vislab.errors import TrainingDiverged
+
+            raise TrainingDiverged(f"training diverged: {self.variant}/{self.stage} epoch {trainer.current_epoch + 1} "
+                                   f"step {batch_idx + 1}: the loss is {float(loss.detach().float().mean())} "
+                                   "(lower lr, or check the data for NaN/inf)")
+
+
+class LastCheckpoint(Checkpoint):
+    """``last.ckpt`` after every epoch, written atomically, with the random states of Python, NumPy and torch
+    (restored on resume). A :class:`Checkpoint` subclass, so Lightning runs it after every other callback of
+    the epoch (early stopping has counted the epoch before it is saved)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._rng: dict[str, Any] | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        trainer.save_checkpoint(str(tmp))
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+
+    def state_dict(self) -> dict[str, Any]:
+        import random
+
+        import numpy as np
+
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        # plain lists and tensors only: checkpoints are read with weights_only=True
+        return {"python": list(random.getstate()[1]), "python_version": random.getstate()[0],
+                "python_gauss": random.getstate()[2],
+                "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+                "torch": torch.get_rng_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        import random
+
+        import numpy as np
+
+        if "torch" in state_dict:
+            random.setstate((state_dict["python_version"], tuple(state_dict["python"]), state_dict["python_gauss"]))
+            name, keys, pos, has_gauss, cached = state_dict["numpy"]
+            np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+            torch.set_rng_state(state_dict["torch"])
 
 
 class KillAfterEpochs(L.Callback):

@@ -3,37 +3,54 @@
 Every experiment's config is a dataclass that extends :class:`CommonConfig` (nanoGPT's
 ``GPTConfig`` idea: configuration is data, one comment per field). The CLI's ``--set`` values are
 parsed against the field types; an unknown key is an error that lists the valid ones.
+
+Constraints sit on the fields: ``lr: float = param(1e-3, gt=0)``. :func:`check_constraints` checks every
+field of a config in one place (ranges, choices, lengths; every float, and every number of a tuple, must
+be finite), naming the field; ``vislab show`` prints them (:func:`constraint_text`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from vislab.errors import UserError
+
+
+def param(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+          lt: float | None = None, choices: tuple[Any, ...] | None = None, length: int | None = None,
+          each: bool = True) -> Any:
+    """A config field with its constraints: ``ge``/``gt``/``le``/``lt`` bound the value (or, for a tuple, each
+    item when ``each``), ``choices`` lists the allowed values (for a tuple: of each item), ``length`` fixes a
+    tuple's length. ``None`` (for an optional field) passes every check."""
+    meta = {k: v for k, v in {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "length": length}.items()
+            if v is not None}
+    meta["each"] = each
+    return field(default=default, metadata={"constraints": meta})
 
 
 @dataclass
 class CommonConfig:
     """The keys every experiment shares (SPEC "Interfaces")."""
 
-    epochs: int = 10  # maximum epochs per training stage (early stopping may end sooner)
-    batch_size: int = 32  # samples per optimisation step (per device under DDP)
-    lr: float = 1e-3  # initial learning rate (ReduceLROnPlateau lowers it)
-    image_size: int = 128  # square side, in pixels, images are resized to
-    num_workers: int = 0  # DataLoader worker processes (0 = load in the training process)
-    limit_train: int | None = None  # at most this many training samples (None = all)
-    limit_val: int | None = None  # at most this many validation samples
-    limit_test: int | None = None  # at most this many test samples
-    seed: int = 0  # seeds Python, NumPy and torch; the same seed gives the same run on CPU
-    patience: int = 5  # early stopping: epochs without val-loss improvement before stopping
-    lr_patience: int = 2  # ReduceLROnPlateau: epochs without improvement before lr *= lr_factor
-    lr_factor: float = 0.5  # ReduceLROnPlateau factor
-    weight_decay: float = 1e-4  # AdamW weight decay
-    precise_bn: int = 0  # recompute BatchNorm statistics over this many training batches before validation (0 = off)
+    epochs: int = param(10, ge=1)  # maximum epochs per training stage (early stopping may end sooner)
+    batch_size: int = param(32, ge=1)  # samples per optimisation step (per device under DDP)
+    lr: float = param(1e-3, gt=0)  # initial learning rate (ReduceLROnPlateau lowers it)
+    image_size: int = param(128, ge=1)  # square side, in pixels, images are resized to
+    num_workers: int = param(0, ge=0)  # DataLoader worker processes (0 = load in the training process)
+    limit_train: int | None = param(None, ge=1)  # at most this many training samples (None = all)
+    limit_val: int | None = param(None, ge=1)  # at most this many validation samples
+    limit_test: int | None = param(None, ge=1)  # at most this many test samples
+    seed: int = param(0, ge=0, lt=2**32)  # seeds Python, NumPy and torch; the same seed gives the same run on CPU
+    patience: int = param(5, ge=1)  # early stopping: epochs without val-loss improvement before stopping
+    lr_patience: int = param(2, ge=0)  # ReduceLROnPlateau: epochs without improvement before lr *= lr_factor
+    lr_factor: float = param(0.5, gt=0, lt=1)  # ReduceLROnPlateau factor
+    weight_decay: float = param(1e-4, ge=0)  # AdamW weight decay
+    precise_bn: int = param(0, ge=0)  # recompute BatchNorm statistics over this many training batches (0 = off)
 
 
 def config_fields(cfg_cls: type) -> dict[str, dataclasses.Field]:
@@ -55,14 +72,58 @@ def _field_comment(cfg_cls: type, name: str) -> str:
     return ""
 
 
-def describe_config(cfg_cls: type) -> list[tuple[str, str, Any, str]]:
-    """(name, type, default, comment) for each field, for `vislab show`."""
+def describe_config(cfg_cls: type) -> list[tuple[str, str, Any, str, str]]:
+    """(name, type, default, constraints, comment) for each field, for `vislab show`."""
     hints = typing.get_type_hints(cfg_cls)
     out = []
     for f in fields(cfg_cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        out.append((f.name, _type_name(hints[f.name]), default, _field_comment(cfg_cls, f.name)))
+        out.append((f.name, _type_name(hints[f.name]), default, constraint_text(f),
+                    _field_comment(cfg_cls, f.name)))
     return out
+
+
+def constraint_text(f: dataclasses.Field) -> str:
+    """``"> 0"``, ``">= 1, < 4294967296"``, ``"one of max, avg"``, ``"2 items, each >= 0"`` (empty: none)."""
+    c = dict(f.metadata.get("constraints", {}))
+    parts = [f"{op} {c[k]:g}" if isinstance(c[k], float) else f"{op} {c[k]}"
+             for k, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if k in c]
+    if "choices" in c:
+        parts.append("one of " + ", ".join(map(str, c["choices"])))
+    text = ", ".join(parts)
+    if "length" in c:
+        text = f"{c['length']} items" + (f", each {text}" if text else "")
+    return text
+
+
+def _check_number(key: str, v: Any, c: dict[str, Any], what: str) -> None:
+    if isinstance(v, float) and not math.isfinite(v):
+        raise UserError(f"{key} must be a finite number, got {v}{what}")
+    if "choices" in c and v not in c["choices"]:
+        raise UserError(f"invalid value for {key}: {v!r}{what}; expected one of {', '.join(map(str, c['choices']))}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return
+    for k, ok, op in (("ge", lambda a, b: a >= b, ">="), ("gt", lambda a, b: a > b, ">"),
+                      ("le", lambda a, b: a <= b, "<="), ("lt", lambda a, b: a < b, "<")):
+        if k in c and not ok(v, c[k]):
+            raise UserError(f"{key} must be {op} {c[k]}, got {v}{what}")
+
+
+def check_constraints(cfg: Any) -> None:
+    """Check every field of ``cfg`` against its declared constraints; every float must be finite. Raises
+    :class:`UserError` naming the field, the rule and the value."""
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if v is None:
+            continue
+        c = dict(f.metadata.get("constraints", {}))
+        if isinstance(v, (tuple, list)):
+            if "length" in c and len(v) != c["length"]:
+                raise UserError(f"{f.name} must have {c['length']} items, got {len(v)}: {tuple(v)}")
+            for i, item in enumerate(v):
+                _check_number(f.name, item, c if c.get("each", True) else {}, f" (item {i + 1} of {tuple(v)})")
+        else:
+            _check_number(f.name, v, c, "")
 
 
 def _type_name(tp: Any) -> str:
@@ -145,17 +206,8 @@ def apply_overrides(cfg: Any, overrides: list[str] | dict[str, Any]) -> Any:
 
 
 def validate_common(cfg: Any) -> None:
-    for key in ("epochs", "batch_size", "image_size"):
-        if hasattr(cfg, key) and getattr(cfg, key) < 1:
-            raise UserError(f"{key} must be >= 1, got {getattr(cfg, key)}")
-    if hasattr(cfg, "lr") and cfg.lr <= 0:
-        raise UserError(f"lr must be > 0, got {cfg.lr}")
-    if hasattr(cfg, "num_workers") and cfg.num_workers < 0:
-        raise UserError(f"num_workers must be >= 0, got {cfg.num_workers}")
-    for key in ("limit_train", "limit_val", "limit_test"):
-        v = getattr(cfg, key, None)
-        if v is not None and v < 1:
-            raise UserError(f"{key} must be >= 1 or none, got {v}")
+    """The declared constraints of every field (kept under this name for the callers)."""
+    check_constraints(cfg)
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,19 @@ class RunContext:
     quick: bool = False  # demo --quick
     notes: list[str] = field(default_factory=list)  # lines the report shows under "Notes"
     headline: str | None = None  # the experiment's headline metric (shown in the per-epoch log lines)
+    seed_dir: str = ""  # multi-seed runs: "s<seed>", the sub-folder of checkpoints/ of the current seed
+    logger: str = "none"  # tensorboard | none
+    precision: str = "32-true"  # Lightning precision: 32-true | bf16-mixed | 16-mixed
+
+    def for_seed(self, seed: int, *, multi: bool) -> RunContext:
+        """This context for one seed of a run: the config's ``seed`` replaced and, when the run has several
+        seeds, checkpoints and stage records kept apart under ``s<seed>``."""
+        return dataclasses.replace(self, cfg=dataclasses.replace(self.cfg, seed=int(seed)),
+                                   seed_dir=f"s{seed}" if multi else "")
+
+    @property
+    def seed(self) -> int:
+        return int(getattr(self.cfg, "seed", 0))
 
     @property
     def is_main(self) -> bool:

@@ -1,11 +1,18 @@
 """Training one (variant, stage) with Lightning: seeded, checkpointed, resumable, DDP-ready.
 
 ``fit_stage`` is the one call experiments make. It builds a Trainer with early stopping,
-ReduceLROnPlateau (in the module), best + last checkpoints in ``checkpoints/VARIANT[-STAGE]/``, one
+ReduceLROnPlateau (in the module), best + last checkpoints in ``checkpoints/[s<seed>/]VARIANT[-STAGE]/``, one
 ``metrics.csv`` row per epoch, precise BatchNorm statistics when ``cfg.precise_bn`` asks, and a
 progress bar; resumes from ``last.ckpt`` under ``--resume``; and
 skips a stage that already finished (loading its best weights), so an interrupted multi-variant run
 continues where it stopped.
+
+Resume is exact: ``last.ckpt`` is written after every epoch (after early stopping has counted it) with the
+random states of Python, NumPy and torch, and :func:`train_loader` shuffles with a generator seeded by
+``(seed, epoch)``, so a run killed after epoch *k* and resumed writes the same rows and weights as one that
+was never stopped. A non-finite training loss stops the stage with :class:`vislab.errors.TrainingDiverged`
+(exit 3 at the CLI); Ctrl-C raises ``KeyboardInterrupt`` (exit 130 with the resume hint) instead of
+Lightning's ``SystemExit(1)``.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-from vislab.engine.callbacks import EpochRecorder, KillAfterEpochs, PreciseBatchNorm
+from vislab.engine.callbacks import EpochRecorder, FiniteLoss, KillAfterEpochs, LastCheckpoint, PreciseBatchNorm
 from vislab.engine.context import RunContext
 from vislab.engine.module import TaskModule
 from vislab.errors import UserError
@@ -28,6 +35,10 @@ from vislab.errors import UserError
 
 @dataclass
 class StageResult:
+    """One trained (variant, stage): how long it trained, its best epoch and that epoch's ``metrics.csv`` row
+    split into ``train`` and ``val`` metrics (``{"loss": ..., "accuracy": ...}``), so no experiment reads the
+    CSV back. ``best_checkpoint`` is relative to the run folder."""
+
     variant: str
     stage: str
     epochs: int  # epochs trained (early stopping may end before max_epochs)
@@ -35,6 +46,40 @@ class StageResult:
     best_score: float
     best_checkpoint: str
     time: dict[str, float] = field(default_factory=dict)  # fit_s, epoch_s_mean, step_ms_mean
+    train: dict[str, float] = field(default_factory=dict)  # the best epoch's train_* values
+    val: dict[str, float] = field(default_factory=dict)  # the best epoch's val_* values
+    seed: int | None = None
+
+
+class EpochSeededSampler(torch.utils.data.Sampler):
+    """A shuffling sampler whose order is a function of ``(seed, epoch)`` only (Lightning calls
+    ``set_epoch``), so a resumed run draws the same order as an uninterrupted one."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = int(n), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):  # noqa: ANN204
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def train_loader(dataset: Any, *, batch_size: int, seed: int, num_workers: int = 0, shuffle: bool = True,
+                 **kwargs: Any) -> torch.utils.data.DataLoader:
+    """The training DataLoader of every experiment: shuffled by :class:`EpochSeededSampler` (exact resume)."""
+    sampler = EpochSeededSampler(len(dataset), seed) if shuffle else None
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                                       persistent_workers=num_workers > 0, **kwargs)
+
+
+def eval_loader(dataset: Any, *, batch_size: int, num_workers: int = 0, **kwargs: Any) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                       persistent_workers=num_workers > 0, **kwargs)
 
 
 def seed_everything(seed: int) -> None:
@@ -55,7 +100,7 @@ def _quiet_lightning() -> None:
 
 
 def make_trainer(ctx: RunContext, *, max_epochs: int, callbacks: list[L.Callback],
-                 use_distributed_sampler: bool = True) -> L.Trainer:
+                 use_distributed_sampler: bool = True, logger: Any = False) -> L.Trainer:
     _quiet_lightning()
     accelerator = ctx.resolved_accelerator()
     devices = ctx.devices
@@ -71,7 +116,8 @@ def make_trainer(ctx: RunContext, *, max_epochs: int, callbacks: list[L.Callback
         strategy="ddp" if multi else "auto",
         max_epochs=max_epochs,
         callbacks=callbacks,
-        logger=False,
+        logger=logger,
+        precision=getattr(ctx, "precision", None) or "32-true",
         enable_model_summary=False,
         enable_progress_bar=progress_bar_enabled(),
         num_sanity_val_steps=0,
@@ -139,56 +185,96 @@ def progress_bar_enabled() -> bool:
 
 
 def load_weights(module: torch.nn.Module, checkpoint: str | Path) -> dict[str, Any]:
-    """Load a Lightning checkpoint's ``state_dict`` into ``module`` (``weights_only=True``)."""
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    module.load_state_dict(ckpt["state_dict"])
+    """Load a Lightning checkpoint's ``state_dict`` into ``module`` (``weights_only=True``); a file that is not
+    such a checkpoint is one :class:`UserError` line naming it."""
+    try:
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = ckpt["state_dict"]
+    except (OSError, RuntimeError, EOFError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise UserError(f"checkpoint {checkpoint} does not exist") from None
+        raise UserError(f"{checkpoint} is not a valid vislab checkpoint (truncated or corrupt?)") from None
+    module.load_state_dict(state)
     return ckpt
+
+
+def _best_row(rows: list[dict[str, Any]], epoch: int) -> tuple[dict[str, float], dict[str, float]]:
+    row = next((r for r in rows if r["epoch"] == epoch), rows[-1] if rows else {})
+    train = {k[6:]: v for k, v in row.items() if k.startswith("train_")}
+    val = {k[4:]: v for k, v in row.items() if k.startswith("val_")}
+    return train, val
 
 
 def fit_stage(ctx: RunContext, module: TaskModule, train_loader: Any, val_loader: Any, *, variant: str,
               stage: str = "train", epochs: int | None = None, patience: int | None = None) -> StageResult:
     """Train ``module`` for one (variant, stage); afterwards the module holds the best weights."""
     cfg = ctx.cfg
+    seed = int(getattr(cfg, "seed", 0))
     max_epochs = int(epochs if epochs is not None else cfg.epochs)
-    ckdir = ctx.run.checkpoint_dir(variant, stage)
-    done = ctx.run.stage_result(variant, stage)
-    if done is not None and ctx.resume and Path(done["best_checkpoint"]).exists():
-        ctx.log(f"[{variant}/{stage}] finished earlier; loading its best checkpoint")
-        load_weights(module, done["best_checkpoint"])
+    ckdir = ctx.run.checkpoint_dir(variant, stage, ctx.seed_dir)
+    done = ctx.run.stage_result(variant, stage, ctx.seed_dir)
+    if done is not None and ctx.resume and ctx.run.resolve(done["best_checkpoint"]).exists():
+        ctx.log(f"[{_tag(ctx, variant)}/{stage}] finished earlier; loading its best checkpoint")
+        load_weights(module, ctx.run.resolve(done["best_checkpoint"]))
         return StageResult(**done)
 
     last = ckdir / "last.ckpt"
     ckpt_path = str(last) if ctx.resume and last.exists() else None
     if ckpt_path is None and ctx.is_main:
-        ctx.run.drop_metrics(variant, stage)  # a fresh start of this stage: forget stale rows
+        ctx.run.drop_metrics(variant, stage, seed=seed)  # a fresh start of this stage: forget stale rows
     recorder = EpochRecorder(ctx.run, variant, stage, log_lines=not progress_bar_enabled(),
-                             headline=getattr(ctx, "headline", None), max_epochs=max_epochs)
+                             headline=getattr(ctx, "headline", None), max_epochs=max_epochs, seed=seed,
+                             label=_tag(ctx, variant))
     mode = getattr(module, "monitor_mode", "min")
     checkpoint = ModelCheckpoint(dirpath=str(ckdir), filename="best", monitor=module.monitor, mode=mode,
-                                 save_last=True, save_top_k=1, enable_version_counter=False)
-    callbacks: list[L.Callback] = [recorder, checkpoint,
+                                 save_last=False, save_top_k=1, enable_version_counter=False)
+    callbacks: list[L.Callback] = [FiniteLoss(_tag(ctx, variant), stage), recorder, checkpoint,
                                    EarlyStopping(monitor=module.monitor, mode=mode,
-                                                 patience=int(patience if patience is not None else cfg.patience))]
+                                                 patience=int(patience if patience is not None else cfg.patience)),
+                                   LastCheckpoint(last)]
     if getattr(cfg, "precise_bn", 0):
         callbacks.insert(0, PreciseBatchNorm(cfg.precise_bn))
     kill_after = os.environ.get("VISLAB_KILL_AFTER_EPOCHS")
     if kill_after:
         callbacks.append(KillAfterEpochs(int(kill_after)))
-    trainer = make_trainer(ctx, max_epochs=max_epochs, callbacks=callbacks, use_distributed_sampler=False)
-    train_loader, val_loader = shard_loaders(train_loader, val_loader, trainer, int(cfg.seed))
+    trainer = make_trainer(ctx, max_epochs=max_epochs, callbacks=callbacks, use_distributed_sampler=False,
+                           logger=_logger(ctx, variant, stage))
+    train_loader, val_loader = shard_loaders(train_loader, val_loader, trainer, seed)
     if ckpt_path:
-        ctx.log(f"[{variant}/{stage}] resuming from {ckpt_path}")
-    ctx.log(f"[{variant}/{stage}] training up to {max_epochs} epochs on {ctx.resolved_accelerator()}")
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
+        ctx.log(f"[{_tag(ctx, variant)}/{stage}] resuming from {ctx.run.relative(ckpt_path)}")
+    ctx.log(f"[{_tag(ctx, variant)}/{stage}] training up to {max_epochs} epochs on {ctx.resolved_accelerator()}")
+    try:
+        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
+    except SystemExit:  # Lightning turns Ctrl-C into SystemExit(1) after its graceful shutdown
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    if trainer.interrupted:
+        raise KeyboardInterrupt
 
     best = checkpoint.best_model_path or str(last)
     ckpt = load_weights(module, best)
+    best_epoch = int(ckpt.get("epoch", 0)) + 1
+    train, val = _best_row(ctx.run.stage_rows(variant, stage, seed), best_epoch)
     result = StageResult(
-        variant=variant, stage=stage, epochs=int(trainer.current_epoch),
-        best_epoch=int(ckpt.get("epoch", 0)) + 1,
+        variant=variant, stage=stage, epochs=int(trainer.current_epoch), best_epoch=best_epoch,
         best_score=float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else float("nan"),
-        best_checkpoint=str(best), time=recorder.timing(),
+        best_checkpoint=ctx.run.relative(best), time=recorder.timing(), train=train, val=val, seed=seed,
     )
     if ctx.is_main:
-        ctx.run.save_stage_result(variant, stage, asdict(result))
+        ctx.run.save_stage_result(variant, stage, asdict(result), ctx.seed_dir)
     return result
+
+
+def _tag(ctx: RunContext, variant: str) -> str:
+    return f"{ctx.seed_dir}/{variant}" if ctx.seed_dir else variant
+
+
+def _logger(ctx: RunContext, variant: str, stage: str) -> Any:
+    """TensorBoard scalars in ``tb/`` (one run per seed/variant/stage) unless ``--logger none``."""
+    if getattr(ctx, "logger", "none") != "tensorboard" or not ctx.is_main:
+        return False
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    name = "/".join(p for p in (ctx.seed_dir or f"s{ctx.seed}", variant, stage) if p)
+    return TensorBoardLogger(save_dir=str(ctx.run.path / "tb"), name=name, version="", default_hp_metric=False)

@@ -163,14 +163,11 @@ def _truth(targets: Tensor) -> dict[str, Tensor]:
 
 class ChangeDetection(Experiment):
     name = "change-detection"
-    summary = "displacement and scaling between two images: network vs phase correlation, Fourier–Mellin, hybrid"
     data_help = ("default: pairs cut from scikit-image's real photographs (astronaut, camera, coffee, ...); "
                  "--data DIR: every readable image under DIR (at least 3; train/val/test pairs come from "
                  "different images). Convention: img2 is img1 scaled by s about the centre c, then shifted by "
                  "t = (dx, dy) px (x right, y down): p in img1 appears at s·(p − c) + c + t in img2.")
     Config = ChangeDetectionConfig
-    headline = ("type_accuracy", True)
-    demo_budget_s = 50.0
 
     def demo_overrides(self, quick: bool) -> dict[str, Any]:
         # 64-px pairs (max shift 8 px, smallest changes 3 px and 10 %), the small stacked network, 7 epochs of

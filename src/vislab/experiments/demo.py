@@ -11,22 +11,24 @@ from pathlib import Path
 from vislab.engine.run_dir import atomic_write_text, to_json
 from vislab.errors import UserError
 from vislab.experiments._registry import get_experiment, list_experiments
-from vislab.experiments.runner import RunOptions, run_experiment
+from vislab.protocol.runner import RunOptions, run_experiment
 
 
 def run_demo(*, quick: bool = False, out: str | None = None, only: list[str] | None = None,
-             accelerator: str = "auto") -> int:
+             accelerator: str = "auto", logger: str = "tensorboard") -> int:
     names = [n for n, _ in list_experiments()]
     if only:
         unknown = [n for n in only if n not in names]
         if unknown:
             raise UserError(f"unknown experiment {unknown[0]!r}; registered: {', '.join(names)}")
         names = [n for n in names if n in only]
-    from vislab.engine.config import apply_overrides
+    from vislab.engine.config import apply_overrides, check_constraints
 
     for name in names:  # every experiment's demo settings are checked before the first one starts
         exp = get_experiment(name)
-        exp.validate(apply_overrides(exp.Config(), exp.demo_overrides(quick)), None, None)
+        cfg = apply_overrides(exp.Config(), exp.demo_overrides(quick))
+        check_constraints(cfg)
+        exp.validate(cfg, None, None)
     root = Path(out) if out else Path("runs") / f"demo-{datetime.now():%Y%m%d-%H%M%S}"
     if root.exists() and any(root.iterdir()):
         raise UserError(f"{root} exists and is not empty; choose another --out")
@@ -37,11 +39,13 @@ def run_demo(*, quick: bool = False, out: str | None = None, only: list[str] | N
         print(f"\n=== vislab demo [{i}/{len(names)}]: {name}{' (quick)' if quick else ''} ===", flush=True)
         t0 = time.perf_counter()
         summary = run_experiment(RunOptions(name=name, out=str(root / name), quick=quick, demo=True,
-                                            accelerator=accelerator))
+                                            accelerator=accelerator, logger=logger)).summary
         results.append((name, summary, time.perf_counter() - t0))
         exp = get_experiment(name)
         print(f"=== {name}: {_headline(summary, exp.headline)} ({results[-1][2]:.0f} s; demo budget "
               f"{exp.demo_budget_s:.0f} s) ===", flush=True)
+        for c in summary.get("claims", []):
+            print(f"    claim: {c['text']}: {c['verdict']}", flush=True)
     total = time.perf_counter() - t_all
     _write_index(root, results, total, quick)
     print(f"\nvislab demo: {len(results)} experiment(s) in {total / 60:.1f} min; open {root / 'index.html'}")
@@ -67,8 +71,10 @@ def _write_index(root: Path, results: list, total: float, quick: bool) -> None:
         exp = get_experiment(name)
         budget_total += exp.demo_budget_s
         over = "" if quick or secs <= exp.demo_budget_s else " (over budget)"
+        claims = "<br>".join(f"{html.escape(c['text'])}: <b>{html.escape(c['verdict'])}</b>"
+                             for c in s.get("claims", [])) or "—"
         rows.append(f'<tr><td><a href="{html.escape(name)}/report.html">{html.escape(name)}</a></td>'
-                    f"<td>{html.escape(_headline(s, exp.headline))}</td><td>{secs:.0f} s{over}</td>"
+                    f"<td>{html.escape(_headline(s, exp.headline))}</td><td>{claims}</td><td>{secs:.0f} s{over}</td>"
                     f"<td>{exp.demo_budget_s:.0f} s</td></tr>")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>vislab demo</title>"
             f"<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}td,th{{border:1px solid #ccc;"
@@ -76,11 +82,15 @@ def _write_index(root: Path, results: list, total: float, quick: bool) -> None:
             f"<h1>vislab demo{' (quick)' if quick else ''}</h1><p>Total {total / 60:.1f} min "
             f"(budgets add up to {budget_total / 60:.1f} min; the demo's target is 12 min on 2 idle CPU cores, "
             f"3 min with --quick).</p>"
-            f"<table><tr><th>experiment</th><th>headline metric per variant</th><th>time</th><th>budget</th></tr>"
+            f"<p>One seed per experiment: a claim's interval is a paired bootstrap over the test items (training "
+            f"variance not measured); run <code>vislab run NAME --seeds 3</code> for intervals over seeds.</p>"
+            f"<table><tr><th>experiment</th><th>headline metric per variant</th><th>claims (verdict)</th>"
+            f"<th>time</th><th>budget</th></tr>"
             f"{''.join(rows)}</table></body></html>")
     atomic_write_text(root / "index.html", page)
     atomic_write_text(root / "demo.json", to_json({"quick": quick, "total_s": total, "experiments": {
         name: {"seconds": secs, "budget_s": get_experiment(name).demo_budget_s, "report": f"{name}/report.html",
+               "claims": [{"text": c["text"], "verdict": c["verdict"]} for c in s.get("claims", [])],
                "headline": {"metric": get_experiment(name).headline[0],
                             "higher_is_better": get_experiment(name).headline[1],
                             "values": _headline_values(s, get_experiment(name).headline)}}

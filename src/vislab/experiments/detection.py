@@ -211,14 +211,11 @@ class DetectionModule(StructuredTaskModule):
 
 class Detection(Experiment):
     name = "detection"
-    demo_budget_s = 65.0
-    summary = "Faster R-CNN from its pieces vs torchvision's FasterRCNN on the same backbone (SPEC §7)"
     data_help = ("default: generated scenes (0-6 objects of 5 shape classes on scikit-image photographs, COCO-format "
                  "JSON in the cache); --data coco --root DIR: annotations/instances_{train,val}2017.json + "
                  "train2017/ val2017/ (val2017 = test, a seeded part of train2017 = val); --data voc --root DIR: "
                  "VOCdevkit/VOC2007 (difficult objects ignored); --data DIR: a folder with COCO-format JSON")
     Config = DetectionConfig
-    headline = ("map50", True)
 
     def demo_overrides(self, quick: bool) -> dict[str, Any]:
         # Demo: fewer proposals and sampled RoIs, a 128-wide head, 2 epochs of 320 scenes. Fresh-clone demo (seed 0,

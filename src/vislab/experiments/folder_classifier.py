@@ -69,12 +69,9 @@ class FolderClassifierConfig(CommonConfig):
 
 class FolderClassifier(Experiment):
     name = "folder-classifier"
-    summary = "small CNN vs pretrained fine-tune on an image folder, with Grad-CAM (SPEC §1)"
     data_help = ("--data DIR: an ImageFolder directory (DIR/CLASS/*.jpg); default: generated images of "
                  "five shapes on textured backgrounds, with object boxes for the pointing game")
     Config = FolderClassifierConfig
-    headline = ("accuracy", True)
-    demo_budget_s = 120.0
 
     def validate(self, cfg: FolderClassifierConfig, data: str | None, root: str | None) -> None:
         bad = [v for v in cfg.variants if v not in VARIANTS]

@@ -430,13 +430,10 @@ class _Data:
 
 class SamFinetune(Experiment):
     name = "sam-finetune"
-    summary = "SAM mask decoder fine-tuned with box prompts on a frozen encoder, vs box and GrabCut (SPEC §8)"
     data_help = ("--data DIR: DIR/images/ + DIR/masks/ paired by file stem (binary masks 0/255 or 0/1, any image "
                  "format); default: generated scenes of rings, bands, blobs and stars on scikit-image photos. "
                  "--set sam_checkpoint=FILE model_type=vit_b uses the official SAM (zero-shot row too)")
     Config = SamFinetuneConfig
-    headline = ("iou", True)
-    demo_budget_s = 120.0
 
     def __init__(self) -> None:
         self.model: BoxPromptSam | None = None  # after run(): the fine-tuned model (encoder + best decoder)

@@ -228,13 +228,10 @@ class JointModule(_FeatureStageMixin, TaskModule):
 
 class Transfer(Experiment):
     name = "transfer"
-    summary = "pretrained CNN, new FC: CE vs triplet+CE vs joint (SPEC §5)"
     data_help = ("default: embedded faces vs non-faces (scikit-image lfw_subset, 200 real crops); "
                  "--data cifar10-binary --root DIR [--download]: two CIFAR-10 classes "
                  "(--set classes=airplane,automobile), CIFAR's own test split; --root alone means cifar10-binary")
     Config = TransferConfig
-    headline = ("accuracy", True)
-    demo_budget_s = 50.0
 
     def __init__(self) -> None:
         # After run(): the trained classifiers and the initial (pretrained / random) weights, for inspection.

@@ -260,13 +260,10 @@ class _Data:
 
 class VitExperiment(Experiment):
     name = "vit"
-    summary = "Vision Transformer from scratch vs a small CNN: attention, rollout, patch shuffling, MSA vs W-MSA"
     data_help = ("default: generated images of five shapes (with object boxes for the pointing games); "
                  "--data cifar10 --root DIR [--download]: all ten CIFAR-10 classes from the real pickle batches, "
                  "resized to image_size (--set image_size=32 --set patch_size=4 keeps CIFAR's own resolution)")
     Config = VitConfig
-    headline = ("accuracy", True)
-    demo_budget_s = 150.0
 
     def __init__(self) -> None:
         self.models: dict[str, nn.Module] = {}  # after run(): the trained models

@@ -34,8 +34,14 @@ def metric_label(key: str) -> str:
 
 
 def _value(run: Mapping[str, Any], split: str, key: str) -> float | None:
+    """A metric of a run entry: a plain number, or the mean of a schema-2 ``{"mean", "ci95", ...}`` entry."""
     v = run.get(split, {}).get(key)
+    if isinstance(v, Mapping):
+        v = v.get("mean")
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+metric_value = _value  # public name: a run entry's metric, plain or schema 2
 
 
 def variants_table(rep: Report, runs: Mapping[str, Mapping[str, Any]], metrics: Sequence[str], *,

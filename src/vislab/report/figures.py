@@ -20,7 +20,8 @@ import numpy as np  # noqa: E402
 _COLORS = plt.get_cmap("tab10").colors
 
 
-def _save(fig: Any, path: str | Path) -> Path:
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write a matplotlib figure as a PNG, atomically; close it; return the path."""
     import io
 
     from vislab.engine.run_dir import atomic_write_bytes
@@ -30,6 +31,9 @@ def _save(fig: Any, path: str | Path) -> Path:
     plt.close(fig)
     atomic_write_bytes(Path(path), buf.getvalue())
     return Path(path)
+
+
+_save = save_figure  # the old private name, still imported by a few modules
 
 
 def plot_curves(rows: list[dict[str, Any]], metrics: Sequence[str], path: str | Path, *,

@@ -13,8 +13,11 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import sys
 
 import numpy as np
+
+from vislab.errors import UserError
 
 USAGE = """\
 vislab arith SPEC --input CxHxW [--json]                   analyse a layer spec
@@ -34,6 +37,13 @@ example: vislab arith "conv(16,k=5,s=1,p=1) relu maxpool(2) conv(16,k=5) relu ma
          --input 3x128x128"""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one :class:`UserError` line (the CLI prints it on stderr, exit 2)."""
+
+    def error(self, message: str):  # noqa: ANN201 - never returns
+        raise UserError(f"{message} (see `{self.prog} -h`)")
+
+
 def _model_kwargs(items: list[str]) -> dict:
     kwargs = {}
     for item in items:
@@ -49,7 +59,7 @@ def _model_kwargs(items: list[str]) -> dict:
 
 
 def _analyze(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="vislab arith", usage=USAGE, epilog=SPEC_HELP,
+    p = _Parser(prog="vislab arith", usage=USAGE, epilog=SPEC_HELP,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Per-layer output shape, parameters, MACs, receptive field, "
                                             "effective stride and padding.")
@@ -63,21 +73,28 @@ def _analyze(argv: list[str]) -> int:
     from vislab.arith.analyze import analyze_spec
     from vislab.arith.table import format_table
 
-    if args.spec and args.model:
+    if args.spec is not None and args.model:
         raise ValueError("give either a layer spec or --model, not both")
     if args.model:
         from vislab.arith.trace import load_model, trace_module
 
-        result = trace_module(load_model(args.model, _model_kwargs(args.arg)), args.input or "3x224x224")
-    elif args.spec:
+        kwargs = _model_kwargs(args.arg)
+        try:
+            model = load_model(args.model, kwargs)
+        except TypeError as exc:  # a builder's unexpected or missing keyword: the user's --arg
+            raise UserError(f"--model {args.model} with --arg {kwargs}: {exc}") from None
+        result = trace_module(model, args.input or "3x224x224")
+    elif args.spec and args.spec.strip():
         if args.arg:
             raise ValueError("--arg only applies to --model")
         if not args.input:
             raise ValueError("a layer spec needs --input CxHxW, e.g. --input 3x128x128")
         result = analyze_spec(args.spec, args.input)
+    elif args.spec is not None:
+        raise ValueError("the layer spec is empty; give layers such as \"conv(16,k=3) relu\" and --input CxHxW "
+                         "(see `vislab arith -h`)")
     else:
-        p.print_help()
-        return 2
+        raise ValueError("give a layer spec and --input CxHxW, or --model NAME (see `vislab arith -h`)")
     data = result.to_dict()
     print(json.dumps(data, indent=2) if args.json else format_table(data))
     return 0
@@ -86,7 +103,7 @@ def _analyze(argv: list[str]) -> int:
 def _conv_steps(argv: list[str]) -> int:
     from vislab.arith.worked import EXAMPLES, conv_steps_text, parse_matrix
 
-    p = argparse.ArgumentParser(prog="vislab arith conv-steps",
+    p = _Parser(prog="vislab arith conv-steps",
                                 description="Write out a small convolution (cross-correlation), optional global "
                                             "average pooling, and the backward pass, every number as a sum.")
     p.add_argument("--example", choices=sorted(EXAMPLES), default=None,
@@ -125,7 +142,7 @@ def _conv_steps(argv: list[str]) -> int:
 def _attention(argv: list[str]) -> int:
     from vislab.arith.attention import measure_attention_flops, mha_params, msa_macs, time_attention, wmsa_macs
 
-    p = argparse.ArgumentParser(prog="vislab arith attention",
+    p = _Parser(prog="vislab arith attention",
                                 description="Multi-head attention parameters and the Swin MSA vs W-MSA cost; with "
                                             "--map, the FLOPs of our real modules are counted with "
                                             "torch.utils.flop_counter.FlopCounterMode and compared.")
@@ -183,7 +200,7 @@ def _attention(argv: list[str]) -> int:
 def _padding(argv: list[str]) -> int:
     from vislab.arith.formulas import padding_shapes
 
-    p = argparse.ArgumentParser(prog="vislab arith padding",
+    p = _Parser(prog="vislab arith padding",
                                 description="Output size and padding of 'valid' and 'same' (TF/Keras convention).")
     p.add_argument("--size", type=int, required=True, help="input length n (one axis)")
     p.add_argument("--kernel", type=int, required=True)
@@ -203,7 +220,7 @@ def _probe(argv: list[str]) -> int:
     from vislab.arith.probe import probe_receptive_field
     from vislab.arith.trace import load_model, trace_module
 
-    p = argparse.ArgumentParser(prog="vislab arith probe",
+    p = _Parser(prog="vislab arith probe",
                                 description="Measure the receptive field of a layer's units by gradient probing "
                                             "and compare it with the computed one.")
     p.add_argument("--model", required=True, help="a vislab, torchvision or timm model name")
@@ -246,8 +263,21 @@ _COMMANDS = {"conv-steps": _conv_steps, "attention": _attention, "padding": _pad
 
 
 def main(argv: list[str]) -> int:
-    """Entry point of ``vislab arith`` (``vislab.cli`` forwards the arguments after ``arith``)."""
+    """Entry point of ``vislab arith`` (``vislab.cli`` forwards the arguments after ``arith``).
+
+    The arithmetic library answers bad specs, shapes and matrices with ``ValueError``; here, at the command
+    line's boundary, they become :class:`UserError` (one line on stderr, exit 2). ``vislab arith`` without
+    arguments prints its usage on stderr and exits 2.
+    """
     argv = list(argv)
-    if argv and argv[0] in _COMMANDS:
-        return _COMMANDS[argv[0]](argv[1:])
-    return _analyze(argv)
+    if not argv:
+        print(USAGE, file=sys.stderr)
+        return 2
+    try:
+        if argv[0] in _COMMANDS:
+            return _COMMANDS[argv[0]](argv[1:])
+        return _analyze(argv)
+    except UserError:
+        raise
+    except ValueError as exc:
+        raise UserError(str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid arguments") from None

@@ -45,6 +45,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-nodes", type=int, default=1, help="nodes for multi-node DDP (torchrun/SLURM)")
     p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda", "mps"],
                    help="where to train; 'gpu' without a GPU is an error, never a silent CPU run")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="train every variant with N seeds (seed, seed+1, ...): metrics get a mean and a 95%% "
+                        "interval, claims a paired interval over seeds (default 1)")
+    p.add_argument("--logger", default="tensorboard", choices=["tensorboard", "none"],
+                   help="TensorBoard event files in the run folder's tb/ (default), or none")
+    p.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "16-mixed"],
+                   help="training precision passed to Lightning (16-mixed needs a CUDA GPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", default=[], metavar="NAME",
                    help="run only this experiment (repeatable)")
     p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda", "mps"])
+    p.add_argument("--logger", default="tensorboard", choices=["tensorboard", "none"],
+                   help="TensorBoard event files in each run's tb/ (default), or none")
 
     sub.add_parser("list", help="list the registered experiments")
 
@@ -95,13 +104,14 @@ def _dispatch(args: argparse.Namespace, rest: list[str]) -> int:
         print(describe_experiment(args.name))
         return 0
     if args.command == "run":
-        from vislab.experiments.runner import run_from_cli
+        from vislab.protocol.runner import run_from_cli
 
         return run_from_cli(args)
     if args.command == "demo":
         from vislab.experiments.demo import run_demo
 
-        return run_demo(quick=args.quick, out=args.out, only=args.only, accelerator=args.accelerator)
+        return run_demo(quick=args.quick, out=args.out, only=args.only, accelerator=args.accelerator,
+                        logger=args.logger)
     if args.command in TASK_COMMANDS:
         return getattr(_import(TASK_COMMANDS[args.command]), f"{args.command}_command")(args)
     raise AssertionError(args.command)

@@ -1,8 +1,9 @@
 """Errors that the CLI turns into one clear line and exit code 2 (no traceback)."""
 
 
-class UserError(Exception):
-    """Bad input from the user: a missing folder, an invalid ``--set``, an unknown experiment..."""
+class UserError(ValueError):
+    """Bad input from the user: a missing folder, an invalid ``--set``, an unknown experiment... A ``ValueError``,
+    so library callers (``vislab.run``) catch it as one."""
 
 
 class TrainingDiverged(Exception):

@@ -50,6 +50,7 @@ def _random_case(seed, *, n_images=12, n_classes=4, crowd=True, empty_every=5):
         # detections: jittered copies of some gt boxes (right or wrong class) plus random false positives
         keep = torch.rand(n_gt, generator=g) < 0.8
         jit = gt[keep] + torch.randn(int(keep.sum()), 4, generator=g) * 4
+        jit = torch.cat([torch.minimum(jit[:, :2], jit[:, 2:]), torch.maximum(jit[:, :2], jit[:, 2:])], 1)  # xyxy
         lab = labels[keep].clone()
         flip = torch.rand(len(lab), generator=g) < 0.2
         lab[flip] = torch.randint(1, n_classes + 1, (int(flip.sum()),), generator=g)
@@ -154,3 +155,19 @@ def test_argument_errors():
     with pytest.raises(ValueError, match="1 boxes but 2 labels"):
         coco_map([{"boxes": box, "scores": torch.ones(1), "labels": torch.ones(1)}],
                  [{"boxes": box, "labels": torch.tensor([1, 2])}])
+
+
+def test_reversed_or_non_finite_boxes_are_refused():
+    good = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    gt = [{"boxes": good, "labels": torch.tensor([1])}, {"boxes": good, "labels": torch.tensor([1])}]
+    for bad, what in (([12.0, 0.0, 2.0, 10.0], "x1 < x0"), ([0.0, 9.0, 10.0, 1.0], "y1 < y0"),
+                      ([0.0, float("nan"), 10.0, 10.0], "non-finite"), ([0.0, 0.0, float("inf"), 10.0], "non-finite")):
+        boxes = torch.tensor([[1.0, 1.0, 9.0, 9.0], bad])
+        preds = [{"boxes": good, "scores": torch.ones(1), "labels": torch.ones(1)},
+                 {"boxes": boxes, "scores": torch.ones(2), "labels": torch.ones(2)}]
+        with pytest.raises(ValueError, match=r"preds\[1\]\['boxes'\]\[1\] = \[.*\] has .*" + what.split()[0]):
+            coco_map(preds, gt)
+        with pytest.raises(ValueError, match=r"targets\[1\]\['boxes'\]\[1\]"):
+            coco_map(preds[:1] * 2, [gt[0], {"boxes": boxes, "labels": torch.ones(2)}])
+    zero = torch.tensor([[5.0, 5.0, 5.0, 9.0]])  # zero width is a (degenerate) box, not an error
+    coco_map([{"boxes": zero, "scores": torch.ones(1), "labels": torch.ones(1)}], gt[:1])

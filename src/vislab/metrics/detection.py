@@ -18,6 +18,9 @@ does the matching, exactly as the official evaluation does:
 * images without detections count: every ground-truth box on them is a miss.
 * at most 100 detections per image and class are kept, by score.
 
+Boxes must be finite with ``x0 <= x1`` and ``y0 <= y1``, in predictions and targets alike: COCOeval would score a
+reversed box as one with a negative width. A ``ValueError`` names the image index and the box.
+
 ``map`` averages AP over IoU 0.50:0.05:0.95 and over the classes that have ground truth;
 ``map50``/``map75`` at IoU 0.5 / 0.75; ``mar100`` the recall with 100 detections per image averaged
 over the same thresholds and classes. pycocotools reports ``-1`` for a value without ground truth
@@ -63,6 +66,13 @@ def _check_item(item: Mapping[str, Any], i: int, *, kind: str) -> tuple[np.ndarr
         boxes = boxes.reshape(0, 4)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise ValueError(f"{kind}[{i}]['boxes'] must be Tensor[N, 4] (xyxy), got {tuple(boxes.shape)}")
+    bad = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        what = "a non-finite value" if not np.isfinite(boxes[k]).all() else "x1 < x0 or y1 < y0"
+        raise ValueError(f"{kind}[{i}]['boxes'][{k}] = [{', '.join(f'{v:g}' for v in boxes[k])}] has {what}; "
+                         f"boxes are finite xyxy with x0 <= x1 and y0 <= y1 ({int(bad.sum())} such box(es) in "
+                         f"image {i})")
     labels = _as_array(item["labels"], "labels", dtype=int).reshape(-1)
     if labels.shape[0] != boxes.shape[0]:
         raise ValueError(f"{kind}[{i}] has {boxes.shape[0]} boxes but {labels.shape[0]} labels")

@@ -1,5 +1,6 @@
-"""Experiment ``vit``: tiny end-to-end runs on the generated shapes and on a miniature CIFAR-10 folder in
-the real pickle format, the argument checks, patch shuffling, and (slow) the demo settings' accuracy."""
+"""Experiment ``vit``: tiny end-to-end runs through the protocol on the generated shapes (one seed and two) and
+on a miniature CIFAR-10 folder in the real pickle format, the argument checks, patch shuffling, and (slow) the
+demo settings' accuracy."""
 
 from __future__ import annotations
 
@@ -11,21 +12,24 @@ import pytest
 import torch
 
 from vislab.errors import UserError
-from vislab.protocol.runner import RunOptions, run_experiment
 from vislab.experiments.vit import VitConfig, VitExperiment, shuffle_patches
+from vislab.protocol.runner import RunOptions, run_experiment
 
+N_FIGURES = 5  # curves, shuffled examples, attention, positional similarity, cost
 TINY = {"epochs": 1, "per_class": 12, "image_size": 32, "patch_size": 8, "num_layers": 1, "num_heads": 2,
         "hidden_dim": 16, "mlp_dim": 16, "batch_size": 16, "attention_images": 2, "cost_sizes": (7, 14),
         "cost_repeats": 1, "warmup_epochs": 0.5}
 
 
-def _run(out: Path, overrides: dict, **opts) -> tuple[dict, VitExperiment]:
-    """run_experiment through the real runner with this experiment (until the registry lists it)."""
-    exp = VitExperiment()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("vislab.protocol.runner.get_experiment", lambda name: exp)
-        summary = run_experiment(RunOptions(name="vit", out=str(out), overrides=overrides, **opts))
-    return summary, exp
+def _run(out: Path, overrides: dict, **opts):
+    """The real runner on the registered experiment: the RunResult and the first seed's trained models."""
+    result = run_experiment(RunOptions(name="vit", out=str(out), overrides=overrides, **opts))
+    models = {v: r.state.get("model") for v, r in result.variants[result.seeds[0]].items()}
+    return result, models
+
+
+def _mean(entry):
+    return entry["mean"]
 
 
 def _mini_cifar_writer():
@@ -39,19 +43,19 @@ def _mini_cifar_writer():
 @pytest.fixture(scope="module")
 def shapes_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("vit") / "run"
-    summary, exp = _run(out, TINY)
-    return out, summary, exp
+    summary, models = _run(out, TINY)
+    return out, summary, models
 
 
 def test_shapes_run_folder_summary_and_report(shapes_run):
-    out, summary, exp = shapes_run
+    out, summary, models = shapes_run
     for name in ("config.yaml", "metrics.csv", "summary.json", "report.md", "report.html", "env.json",
                  "figures/curves.png", "figures/attention_vit.png", "figures/pos_similarity_vit.png",
                  "figures/attention_cost.png", "figures/shuffled_examples.png", "checkpoints/vit/best.ckpt",
                  "checkpoints/small_cnn/best.ckpt"):
         assert (out / name).exists(), name
     saved = json.loads((out / "summary.json").read_text())
-    assert saved["experiment"] == "vit" and saved["data"]["name"] == "embedded-shapes"
+    assert saved["schema"] == 2 and saved["experiment"] == "vit" and saved["data"]["name"] == "embedded-shapes"
     assert saved["data"]["classes"] == ["circle", "cross", "square", "star", "triangle"]
     assert (saved["data"]["train"], saved["data"]["val"], saved["data"]["test"]) == (50, 5, 5)
     assert 0 < saved["data"]["pointing_game_chance"] < 1
@@ -59,12 +63,15 @@ def test_shapes_run_folder_summary_and_report(shapes_run):
     md = (out / "report.md").read_text()
     assert "sharp augmentation (8 symmetries of the square" in md and "best val accuracy" in md
     for v, r in saved["runs"].items():
-        assert set(r) >= {"params", "epochs", "train", "val", "test", "time"}, v
+        assert set(r) >= {"params", "epochs", "train", "val", "test", "time", "model", "lr", "best_epoch"}, v
         assert set(r["time"]) >= {"fit_s", "epoch_s_mean", "step_ms_mean"}
-        t = r["test"]
-        assert {"accuracy", "loss", "shuffle_2x2_accuracy", "shuffle_4x4_accuracy"} <= set(t)
+        t = {k: _mean(m) for k, m in r["test"].items() if isinstance(m, dict)}
+        assert {"accuracy", "loss", "shuffle_2x2_accuracy", "shuffle_4x4_accuracy", "shuffle_4x4_drop"} <= set(t)
         assert all(0 <= t[k] <= 1 for k in ("accuracy", "shuffle_2x2_accuracy", "shuffle_4x4_accuracy"))
-        assert r["params"] == sum(p.numel() for p in exp.models[v].parameters())
+        assert t["shuffle_4x4_drop"] == pytest.approx(t["accuracy"] - t["shuffle_4x4_accuracy"])
+        assert r["test"]["accuracy"]["per_seed"] == [t["accuracy"]]
+        assert r["params"] == sum(p.numel() for p in models[v].parameters())
+        assert set(r["val"]) >= {"loss", "accuracy", "f1"} and "loss" in r["train"]
     vit, cnn = saved["runs"]["vit"]["test"], saved["runs"]["small_cnn"]["test"]
     # pointing games exist when some test image is classified correctly (one epoch may get none right)
     if "pointing_game_n" in vit:
@@ -75,17 +82,42 @@ def test_shapes_run_folder_summary_and_report(shapes_run):
     cost = saved["cost"]
     assert cost["measured_equals_formula"] is True and [r["tokens"] for r in cost["rows"]] == [49, 196]
     assert all(r["msa_ms"] > 0 and r["wmsa_ms"] > 0 for r in cost["rows"])
+    claims = saved["claims"]
+    assert [(c["a"], c["b"], c["metric"]) for c in claims] == [("vit", "small_cnn", "accuracy"),
+                                                                ("vit", "small_cnn", "shuffle_4x4_drop")]
+    assert claims[1]["higher_is_better"] is False and all(c["n_seeds"] == 1 for c in claims)
+    assert all(c["verdict"] in ("holds", "not shown", "fails") and "bootstrap" in c["note"] for c in claims)
+    assert "Claims checked" in md and "keeps more accuracy than small_cnn under 4×4 patch shuffling" in md
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 5
+    assert html.count("data:image/png;base64,") == N_FIGURES
     assert "Ω(MSA) = 4hwC² + 2(hw)²C" in html and "patch shuffling" in html
     assert summary["runs"]["vit"]["test"] == saved["runs"]["vit"]["test"]
 
 
+def test_two_seeds_give_per_seed_values_and_paired_claims(tmp_path):
+    out = tmp_path / "run"
+    result, _ = _run(out, {**TINY, "cost_sizes": (7,), "attention_images": 1}, seeds=2)
+    assert result.seeds == [0, 1]
+    for v in ("vit", "small_cnn"):
+        acc = result["runs"][v]["test"]["accuracy"]
+        assert len(acc["per_seed"]) == 2 and len(result["runs"][v]["checkpoints"]) == 2
+        assert acc["ci95"] is not None and acc["mean"] == pytest.approx(sum(acc["per_seed"]) / 2)
+    assert [c["n_seeds"] for c in result.claims] == [2, 2]
+    assert all("paired over 2 seeds" in c["note"] for c in result.claims)
+    assert (out / "checkpoints" / "s1" / "vit" / "best.ckpt").exists()
+    md = (out / "report.md").read_text()
+    assert "Claims checked" in md and "2 seeds (0, 1)" in md
+
+
 def test_shapes_run_models_and_metrics_rows(shapes_run):
-    out, summary, exp = shapes_run
+    out, summary, models = shapes_run
     from vislab.models.vit import VisionTransformer
 
-    assert isinstance(exp.models["vit"], VisionTransformer) and exp.models["vit"].grid_size == (4, 4)
+    assert isinstance(models["vit"], VisionTransformer) and models["vit"].grid_size == (4, 4)
+    loaded = summary.model("vit")  # rebuilt from its best checkpoint
+    assert isinstance(loaded, VisionTransformer)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), models["vit"].state_dict().values()))
+    assert type(summary.model("small_cnn")) is type(models["small_cnn"])
     from vislab.engine.run_dir import RunDir
 
     rows = RunDir(out).read_metrics()
@@ -105,11 +137,14 @@ def test_cifar10_miniature_all_ten_classes(tmp_path):
     assert d["boxes"] is False and d["pointing_game_chance"] is None
     t = summary["runs"]["vit"]["test"]
     assert "shuffle_2x2_accuracy" in t and "attention_pointing_game" not in t
+    assert summary.claims[1]["verdict"] == "not shown" and "no test shuffle_4x4_drop" in summary.claims[1]["note"]
     assert (out / "figures" / "attention_vit.png").exists()
 
 
 @pytest.mark.parametrize("overrides, data, root, match", [
-    ({"variants": ("vit", "resnet")}, None, None, r"unknown variant\(s\) \['resnet'\]"),
+    ({"variants": ("vit", "resnet")}, None, None,
+     r"invalid value for variants: 'resnet'.*expected one of vit, small_cnn"),
+    ({"variants": ()}, None, None, "variants lists no variant"),
     ({"variants": ("vit", "vit")}, None, None, "variants lists a name twice"),
     ({"patch_size": 5}, None, None, r"image_size \(16\) must be divisible by patch_size \(5\)"),
     ({"hidden_dim": 30}, None, None, r"hidden_dim \(30\) must be divisible by num_heads \(4\)"),
@@ -117,16 +152,21 @@ def test_cifar10_miniature_all_ten_classes(tmp_path):
     ({"variants": ("vit_pretrained",), "vit_weights": "/nonexistent/vit_b_16.pth"}, None, None,
      "vit_weights file /nonexistent/vit_b_16.pth not found"),
     ({"shuffle_grids": (3,)}, None, None, r"each grid must be >= 2 and divide image_size \(16\), got 3"),
-    ({"rollout_fusion": "median"}, None, None, "rollout_fusion must be one of mean, max, min"),
+    ({"rollout_fusion": "median"}, None, None, "invalid value for rollout_fusion: 'median'; expected one of mean, max"),
+    ({"shuffle_grids": (1,)}, None, None, r"shuffle_grids must be >= 2, got 1"),
+    ({"dropout": 1.0}, None, None, "dropout must be < 1, got 1.0"),
+    ({"lr": float("nan")}, None, None, "lr must be a finite number"),
+    ({"per_class": 5}, None, None, "per_class must be >= 10"),
     ({"cost_sizes": (7, 10)}, None, None, r"multiple of cost_window \(7\), got 10"),
     ({}, "cifar10", None, "--data cifar10 needs --root DIR"),
     ({}, "imagenet", None, "unknown --data 'imagenet' for vit"),
 ])
 def test_validate_errors(overrides, data, root, match):
+    """Single-field rules are the config's constraints (checked by the protocol), the rest ``validate``'s."""
     from vislab.engine.config import apply_overrides
 
-    cfg = apply_overrides(VitConfig(), overrides)
     with pytest.raises(UserError, match=match):
+        cfg = apply_overrides(VitConfig(), overrides)  # checks the constraints
         VitExperiment().validate(cfg, data, root)
 
 
@@ -169,13 +209,14 @@ def test_vit_pretrained_fine_tunes_from_a_vit_b_16_file(tmp_path):
     path = tmp_path / "vit_b_16.pth"
     torch.save(tv.state_dict(), path)
     del tv
-    summary, exp = _run(tmp_path / "run", {**TINY, "variants": ("vit_pretrained",), "vit_weights": str(path),
+    summary, _ = _run(tmp_path / "run", {**TINY, "variants": ("vit_pretrained",), "vit_weights": str(path),
                                            "pretrained_image_size": 32, "pretrained_epochs": 1, "limit_train": 10})
     r = summary["runs"]["vit_pretrained"]
     assert r["model"]["name"] == "vit_b_16" and r["model"]["load"]["new_head"] is True
     assert r["model"]["load"]["interpolated_pos_embedding"] == [197, 5]
     assert r["params"] == 86_567_656 - (197 - 5) * 768 - (1000 - 5) * 769  # ViT-B/16 at 32 px, 5 classes
     assert {"accuracy", "shuffle_2x2_accuracy"} <= set(r["test"])
+    assert summary.model("vit_pretrained")(torch.zeros(1, 3, 32, 32)).shape == (1, 5)
     assert (tmp_path / "run" / "figures" / "pos_similarity_vit_pretrained.png").exists()
 
 
@@ -183,4 +224,4 @@ def test_vit_pretrained_fine_tunes_from_a_vit_b_16_file(tmp_path):
 def test_demo_settings_reach_the_vit_target(tmp_path):
     exp = VitExperiment()
     summary, _ = _run(tmp_path / "demo", {**exp.demo_overrides(False), "cost_sizes": (7,)}, demo=False)
-    assert summary["runs"]["vit"]["test"]["accuracy"] >= 0.6
+    assert summary["runs"]["vit"]["test"]["accuracy"]["mean"] >= 0.6

@@ -8,7 +8,9 @@ from 1 down to 0 at step ``total``, and 0 after it. It is a small picklable obje
 * :func:`warmup_cosine` builds the ``LambdaLR`` for an optimiser;
 * :func:`warmup_steps` turns a warm-up given in epochs or as a fraction of training into steps;
 * :func:`lightning_warmup_cosine` is what a Lightning module's ``configure_optimizers`` returns for it
-  (stepped every batch over ``trainer.estimated_stepping_batches``).
+  (stepped every batch over ``trainer.estimated_stepping_batches``);
+* :class:`WarmupCosineClassification` is the classification task on it, with AdamW on :func:`no_decay_groups`
+  (the usual ViT recipe; the ``vit`` experiment trains every variant with it).
 """
 
 from __future__ import annotations
@@ -17,8 +19,12 @@ import math
 from typing import Any
 
 import torch
+from torch import nn
 
-__all__ = ["WarmupCosine", "lightning_warmup_cosine", "warmup_cosine", "warmup_steps"]
+from vislab.engine.module import ClassificationModule
+
+__all__ = ["WarmupCosine", "WarmupCosineClassification", "lightning_warmup_cosine", "no_decay_groups", "warmup_cosine",
+           "warmup_steps"]
 
 
 def _check_int(name: str, v: Any, low: int) -> int:
@@ -89,3 +95,30 @@ def lightning_warmup_cosine(optimizer: torch.optim.Optimizer, trainer: Any, *, w
                         fraction=fraction)
     return {"optimizer": optimizer,
             "lr_scheduler": {"scheduler": warmup_cosine(optimizer, warmup=warm, total=total), "interval": "step"}}
+
+
+def no_decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on weight matrices and conv kernels; none on biases, norms, the class token
+    and the positional embedding (the usual ViT recipe)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or name.endswith(("class_token", "pos_embedding")):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class WarmupCosineClassification(ClassificationModule):
+    """:class:`ClassificationModule` with AdamW (:func:`no_decay_groups`) and the warm-up + cosine schedule of
+    :mod:`vislab.engine.schedules` (``warmup_epochs``, stepped every batch) instead of ReduceLROnPlateau."""
+
+    def __init__(self, model: nn.Module, *, warmup_epochs: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.warmup_epochs = float(warmup_epochs)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt = torch.optim.AdamW(no_decay_groups(self.model, self.weight_decay), lr=self.lr)
+        return lightning_warmup_cosine(opt, self.trainer, warmup_epochs=self.warmup_epochs)

@@ -103,11 +103,6 @@ class VitConfig(CommonConfig):
     cost_repeats: int = param(3, ge=1)  # cost: timed forwards per size (median)
 
 
-# -----------------------------------------------------------------------------------------------
-# pieces (public: the tests use them)
-# -----------------------------------------------------------------------------------------------
-
-
 def training_augmentation(cfg: VitConfig, data_name: str) -> tuple[nn.Module | None, str]:
     """The batched training augmentation ``cfg.augment`` asks for, and the report's words for it. ``sharp`` uses
     the 8 symmetries of the square only where labels do not depend on orientation (the shapes), horizontal flips
@@ -153,11 +148,6 @@ class _Data:
     @property
     def classes(self) -> list[str]:
         return self.splits.classes
-
-
-# -----------------------------------------------------------------------------------------------
-# the experiment
-# -----------------------------------------------------------------------------------------------
 
 
 class VitExperiment(Experiment):

@@ -166,3 +166,87 @@ def test_errors_are_one_line_user_errors(tmp_path, capsys, constant_checkpoint):
         with pytest.raises(UserError, match=match) as err:
             change_command(args)
         assert "\n" not in str(err.value)
+
+
+# -- images as they are, textureless pairs, many pairs in one process ---------------------------------------------
+
+
+def test_a_gray_image_and_its_16_bit_copy_are_the_same_picture(tmp_path, capsys):
+    a, _ = texture_pair(tmp_path, 6, 0.0, 0.0, 1.0)
+    g = np.asarray(Image.open(a))
+    sixteen = tmp_path / "a16.png"
+    Image.fromarray(g.astype(np.uint16) * 257).save(sixteen)  # mode I;16, which convert("L") clipped to white
+    for method in ("phase", "fourier-mellin"):
+        res = _run(capsys, a, sixteen, method=method)
+        assert res["change"] == "none" and abs(res["dx"]) < 0.05 and abs(res["dy"]) < 0.05, (method, res)
+        assert res["scale"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_no_texture_to_register(tmp_path, capsys):
+    flat = np.full((96, 96), 128, np.uint8)
+    yy, xx = np.mgrid[0:96, 0:96]
+    cases = {"flat": flat, "ramp": (40 + xx).astype(np.uint8), "edge": np.where(xx < 48, 60, 180).astype(np.uint8)}
+    for name, img in cases.items():
+        p = tmp_path / f"{name}.png"
+        Image.fromarray(img).save(p)
+        for method in ("phase", "fourier-mellin"):
+            args = argparse.Namespace(img1=str(p), img2=str(p), method=method, checkpoint=None, json=True,
+                                      out=str(tmp_path / "ov"))
+            with pytest.raises(UserError, match="no texture to register in .*" + name) as err:
+                change_command(args)
+            assert ("it is flat" in str(err.value)) == (name == "flat") and "\n" not in str(err.value)
+    # a faint texture above the rounding floor still registers: a quarter of a gray level of fixed noise, shifted
+    rng = np.random.default_rng(3)
+    big = np.round((0.5 + rng.normal(0, 0.25 / 255, (110, 110))) * 255).astype(np.uint8)
+    Image.fromarray(big[5:101, 5:101]).save(tmp_path / "faint_a.png")
+    Image.fromarray(big[3:99, 2:98]).save(tmp_path / "faint_b.png")
+    res = _run(capsys, tmp_path / "faint_a.png", tmp_path / "faint_b.png", method="phase")
+    assert (res["dx"], res["dy"], res["change"]) == (3.0, 2.0, "shift")
+
+
+def test_many_pairs_in_one_process(tmp_path, capsys):
+    """--pairs DIR: NAME_1/NAME_2 in subfolders with equal names get distinct overlays; one JSON line per pair,
+    each overlay written before its line; a flat pair fails alone, the command exits 2 with one counting line."""
+    src = tmp_path / "pairs"
+    truth = {}
+    for k, (sub, dx, dy) in enumerate((("day1", 3.0, -2.0), ("day2", -1.5, 4.0), ("day2/cam", 0.0, 0.0))):
+        a, b = texture_pair(tmp_path / "tmp", 10 + k, dx, dy, 1.0)
+        (src / sub).mkdir(parents=True, exist_ok=True)
+        a.rename(src / sub / "scene_1.png")
+        b.rename(src / sub / "scene_2.png")
+        truth[str(src / sub / "scene_1.png")] = (dx, dy)
+    out = tmp_path / "out"
+    args = argparse.Namespace(img1=None, img2=None, pairs=str(src), method="phase", checkpoint=None, json=True,
+                              out=str(out))
+    assert change_command(args) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 3 and {d["img1"] for d in lines} == set(truth)
+    for d in lines:
+        dx, dy = truth[d["img1"]]
+        assert math.hypot(d["dx"] - dx, d["dy"] - dy) < 0.3 and Path(d["overlay"]).is_file()
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == [
+        "day1/scene_change.png", "day2/cam/scene_change.png", "day2/scene_change.png"]
+    # a list file: relative paths, comments; the same file twice gets two overlays
+    Image.fromarray(np.full((96, 96), 90, np.uint8)).save(tmp_path / "flat.png")
+    listing = tmp_path / "pairs.txt"
+    listing.write_text("# img1 img2\npairs/day1/scene_1.png pairs/day1/scene_2.png\n\n"
+                       "pairs/day1/scene_1.png pairs/day1/scene_2.png  # again\nflat.png flat.png\n")
+    args.pairs, args.out = str(listing), str(tmp_path / "out2")
+    assert change_command(args) == 2
+    out_text, err = capsys.readouterr()
+    lines = [json.loads(line) for line in out_text.splitlines()]
+    assert [("error" in d) for d in lines] == [False, False, True] and "no texture" in lines[2]["error"]
+    assert lines[0]["overlay"] != lines[1]["overlay"] and all(Path(d["overlay"]).is_file() for d in lines[:2])
+    assert err.strip().startswith("vislab: error: 1 of 3 pairs failed (first: ") and len(err.strip().splitlines()) == 1
+    for bad, match in (("nope.png flat.png", "line 1: image .*nope.png does not exist"),
+                       ("flat.png", r"line 1: expected 'IMG1 IMG2'")):
+        listing.write_text(bad + "\n")
+        with pytest.raises(UserError, match=match):
+            change_command(args)
+    (src / "day1" / "scene_2.png").unlink()
+    args.pairs = str(src)
+    with pytest.raises(UserError, match=r"scene_1.png has no partner scene_2\.\*"):
+        change_command(args)
+    args.img1, args.img2 = str(tmp_path / "flat.png"), str(tmp_path / "flat.png")
+    with pytest.raises(UserError, match="either IMG1 IMG2 or --pairs"):
+        change_command(args)

@@ -131,17 +131,16 @@ class FiniteLoss(L.Callback):
 
 
 class LastCheckpoint(Checkpoint):
-    """``last.ckpt`` after every epoch, written atomically, with the random states of Python, NumPy and torch
-    (restored on resume). A :class:`Checkpoint` subclass, so Lightning runs it after every other callback of
-    the epoch (early stopping has counted the epoch before it is saved)."""
+    """``last.ckpt`` at the end of every training epoch (after its validation), written atomically, with the
+    random states of Python, NumPy and torch (restored on resume). A :class:`Checkpoint` subclass, so Lightning
+    runs it after every other callback of the epoch (early stopping has counted the epoch before it is saved),
+    and at ``on_train_epoch_end`` so that Lightning resumes at the start of the next epoch."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._rng: dict[str, Any] | None = None
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit":
-            return
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         trainer.save_checkpoint(str(tmp))
@@ -172,8 +171,9 @@ class LastCheckpoint(Checkpoint):
             torch.set_rng_state(state_dict["torch"])
 
 
-class KillAfterEpochs(L.Callback):
-    """Kill the process (``os._exit``) at the end of epoch N, as a ``kill -9`` would: for resume tests.
+class KillAfterEpochs(Checkpoint):
+    """Kill the process (``os._exit``) at the end of epoch N, as a ``kill -9`` would: for resume tests. A
+    :class:`Checkpoint` after :class:`LastCheckpoint`, so epoch N's ``last.ckpt`` is on disk when it fires.
 
     Enabled by the environment variable ``VISLAB_KILL_AFTER_EPOCHS=N``.
     """

@@ -234,9 +234,11 @@ def fit_stage(ctx: RunContext, module: TaskModule, train_loader: Any, val_loader
                                    LastCheckpoint(last)]
     if getattr(cfg, "precise_bn", 0):
         callbacks.insert(0, PreciseBatchNorm(cfg.precise_bn))
-    kill_after = os.environ.get("VISLAB_KILL_AFTER_EPOCHS")
+    kill_after = os.environ.get("VISLAB_KILL_AFTER_EPOCHS")  # "N", or "SEED_DIR/VARIANT:N" for one stage only
     if kill_after:
-        callbacks.append(KillAfterEpochs(int(kill_after)))
+        where, _, n = kill_after.rpartition(":")
+        if not where or where == _tag(ctx, variant):
+            callbacks.append(KillAfterEpochs(int(n)))
     trainer = make_trainer(ctx, max_epochs=max_epochs, callbacks=callbacks, use_distributed_sampler=False,
                            logger=_logger(ctx, variant, stage))
     train_loader, val_loader = shard_loaders(train_loader, val_loader, trainer, seed)

@@ -245,9 +245,10 @@ def format_interval(m: dict[str, Any]) -> str:
     return f"{text} ± {half:.{decimals}f}"
 
 
-def load_run(path: str | Path) -> RunResult:
+def load_run(path: str | Path, *, experiment: Any = None) -> RunResult:
     """Read a run folder back: ``vislab.load_run("runs/vit-...")``. Raises ``ValueError`` naming the file when
-    the folder holds no (valid) ``summary.json``."""
+    the folder holds no (valid) ``summary.json``. ``experiment``: the Experiment instance of an unregistered
+    experiment (for ``model()``)."""
     p = Path(path)
     f = p / "summary.json"
     if not p.is_dir():
@@ -260,4 +261,4 @@ def load_run(path: str | Path) -> RunResult:
         raise ValueError(f"{f} is not a valid summary.json ({exc})") from None
     if not isinstance(summary, dict) or "runs" not in summary and summary.get("status") == "complete":
         raise ValueError(f"{f} is not a vislab summary (no 'runs')")
-    return RunResult(p, summary)
+    return RunResult(p, summary, experiment=experiment)

@@ -9,18 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from vislab.engine.config import check_constraints
 from vislab.engine.module import evaluate
 from vislab.errors import UserError
-from vislab.experiments.detection import (
-    VARIANTS,
-    Detection,
-    DetectionConfig,
-    DetectionModule,
-    freeze_early_layers,
-    load_detector_checkpoint,
-)
-from vislab.protocol.runner import RunOptions, run_experiment
+from vislab.experiments.detection import VARIANTS, Detection, DetectionConfig, DetectionModule
 from vislab.metrics.detection import coco_map
+from vislab.models.detection.builder import freeze_early_layers, load_detector_checkpoint
+from vislab.protocol.results import format_interval
+from vislab.protocol.runner import RunOptions, run_experiment
 from vislab.report.document import fmt
 
 TINY = {"image_size": 64, "epochs": 1, "batch_size": 4, "n_train": 12, "n_val": 8, "n_test": 8,
@@ -59,25 +55,35 @@ def test_run_folder_summary_and_report(tiny_run):
     assert set(saved["data"]["dropped_degenerate"]) == {"train", "val", "test"}
     assert saved["settings"]["anchor_sizes_px"] == [8.0, 16.0, 32.0]
     assert list(saved["runs"]) == list(VARIANTS)
+    assert saved["schema"] == 2 and saved["seeds"] == [0]
     for variant, r in saved["runs"].items():
         assert set(r) >= {"params", "epochs", "train", "val", "test", "time", "ap50_per_class"}, variant
         assert r["params"] > r["trainable_params"] > 0 and r["epochs"] == 1
         assert set(r["test"]) == {"map", "map50", "map75", "mar100"}
-        assert all(-1.0 <= v <= 1.0 for v in r["test"].values())
+        assert all(-1.0 <= m["mean"] <= 1.0 and m["per_seed"] == [m["mean"]] for m in r["test"].values())
         assert set(r["train"]) >= {"loss", "loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
-        assert r["train"]["loss"] == pytest.approx(sum(r["train"][k] for k in ("loss_objectness", "loss_rpn_box_reg",
-                                                                                "loss_classifier", "loss_box_reg")),
-                                                 rel=1e-5)  # metrics.csv keeps 7 significant digits
+        parts = sum(r["train"][k]["mean"] for k in ("loss_objectness", "loss_rpn_box_reg", "loss_classifier",
+                                                     "loss_box_reg"))
+        assert r["train"]["loss"]["mean"] == pytest.approx(parts, rel=1e-5)  # metrics.csv keeps 7 significant digits
         assert set(r["time"]) >= {"fit_s", "epoch_s_mean", "step_ms_mean", "train_images_per_s", "infer_ms_per_image"}
         assert r["time"]["fit_s"] > 0 and r["time"]["infer_ms_per_image"] > 0
+        assert r["checkpoints"] == [f"checkpoints/{variant}/best.ckpt"] == [r["best_checkpoint"]]
         assert set(r["ap50_per_class"]) == set(saved["data"]["classes"])
         assert r["frozen_backbone_layers"] == ["conv_stem", "bn1", "blocks_0", "blocks_1", "blocks_2", "blocks_3",
                                                "blocks_4"]  # freeze_stride 16: the whole trunk
     report = (out / "report.md").read_text()
-    for v, r in saved["runs"].items():  # the side-by-side table shows the run's numbers
+    for v, r in saved["runs"].items():  # the headline table shows the run's numbers
         assert f"| {v} | {fmt(r['params'])} |" in report
-        assert fmt(r["test"]["map50"]) in report
+        assert format_interval(r["test"]["map50"]) in report
     assert "degenerate boxes dropped" in report and "Inside the pipeline" in report
+    # the claim: judged with a paired bootstrap of AP50 over the test images (one seed)
+    (claim,) = saved["claims"]
+    assert (claim["a"], claim["b"], claim["metric"], claim["kind"], claim["tol"]) == ("vislab", "torchvision", "map50",
+                                                                                     "equals", 0.01)
+    assert claim["verdict"] in ("holds", "not shown", "fails") and "bootstrap over 8 test items" in claim["note"]
+    lo, hi = claim["diff"]["ci95"]
+    assert lo <= claim["diff"]["mean"] <= hi
+    assert "Claims checked" in report and "ours (vislab) equals torchvision on AP50 within 0.01" in report
 
 
 def test_summary_numbers_are_those_of_the_best_checkpoints(tiny_run):
@@ -98,14 +104,29 @@ def test_summary_numbers_are_those_of_the_best_checkpoints(tiny_run):
                 targets.append(t)
         m = coco_map(preds, targets, class_names=data.label_names)
         for k in ("map", "map50", "map75", "mar100"):
-            assert r["test"][k] == pytest.approx(m[k], abs=1e-6), (variant, k)
+            assert r["test"][k]["mean"] == pytest.approx(m[k], abs=1e-6), (variant, k)
         assert r["ap50_per_class"] == pytest.approx(m["ap50_per_class"], abs=1e-6)
         best = next(row for row in rows if row["variant"] == variant and int(row["epoch"]) == r["best_epoch"])
-        assert float(best["val_map50"]) == pytest.approx(r["val"]["map50"], abs=1e-6)  # the monitored value
+        assert float(best["val_map50"]) == pytest.approx(r["val"]["map50"]["mean"], abs=1e-6)  # the monitored value
         # the same split through the module's evaluate() path gives the same numbers
         module = DetectionModule(model, class_names=data.label_names)
         loader = torch.utils.data.DataLoader(data.test, batch_size=3, collate_fn=collate_fn)
-        assert evaluate(module, loader).metrics["map50"] == pytest.approx(r["test"]["map50"], abs=1e-6)
+        assert evaluate(module, loader).metrics["map50"] == pytest.approx(r["test"]["map50"]["mean"], abs=1e-6)
+
+
+def test_two_seeds_give_intervals_and_a_paired_claim(tmp_path):
+    """seeds=2: every test metric has two per-seed values, the claim is judged on the paired differences."""
+    over = {**TINY, "n_train": 8, "n_val": 4, "n_test": 4, "show_images": 1}
+    summary, _ = run_detection(tmp_path / "run", over, seeds=2)
+    assert summary["seeds"] == [0, 1]
+    for v, r in summary["runs"].items():
+        assert all(len(m["per_seed"]) == 2 for m in r["test"].values())
+        assert r["checkpoints"] == [f"checkpoints/s{s}/{v}/best.ckpt" for s in (0, 1)]
+    (claim,) = summary["claims"]
+    assert claim["n_seeds"] == 2 and "paired over 2 seeds" in claim["note"]
+    assert claim["verdict"] in ("holds", "not shown", "fails")
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "Claims checked" in report and "2 seeds (0, 1)" in report
 
 
 def _metrics_rows(out: Path) -> list[dict]:
@@ -117,7 +138,7 @@ def _metrics_rows(out: Path) -> list[dict]:
 
 def test_module_losses_and_predictions():
     from vislab.data.detection import collate_fn, load_detection_data
-    from vislab.experiments.detection import build_detector, model_kwargs
+    from vislab.models.detection.builder import build_detector, model_kwargs
 
     cfg = DetectionConfig(image_size=64, representation_size=16, rpn_post_nms_top_n_test=20)
     model, _ = build_detector("vislab", backbone="efficientnet_lite0", num_classes=6, model_kw=model_kwargs(cfg),
@@ -155,12 +176,21 @@ def test_validate_rejects_bad_arguments_before_any_work(tmp_path):
     exp = Detection()
     cfg = DetectionConfig()
     exp.validate(cfg, None, None)  # the defaults are fine
-    with pytest.raises(UserError, match="unknown variant 'yolo'"):
-        exp.validate(DetectionConfig(variants=("vislab", "yolo")), None, None)
+    check_constraints(cfg)
+    # single fields: the declared constraints, checked by the protocol before validate()
+    for bad, match in (({"variants": ("vislab", "yolo")}, "invalid value for variants: 'yolo'"),
+                       ({"roi_op": "roi_magic"}, "invalid value for roi_op: 'roi_magic'"),
+                       ({"image_size": 16}, "image_size must be >= 32, got 16"),
+                       ({"anchor_sizes": (0.1, 0.0)}, "anchor_sizes must be > 0"),
+                       ({"val_fraction": 1.0}, "val_fraction must be < 1"),
+                       ({"rpn_nms_thresh": float("nan")}, "rpn_nms_thresh must be a finite number"),
+                       ({"max_objects": 7}, "max_objects must be <= 6")):
+        with pytest.raises(UserError, match=match):
+            check_constraints(DetectionConfig(**bad))
+    with pytest.raises(UserError, match="variants is empty"):
+        exp.validate(DetectionConfig(variants=()), None, None)
     with pytest.raises(UserError, match="unknown backbone 'resnet9000'"):
         exp.validate(DetectionConfig(backbone="resnet9000"), None, None)
-    with pytest.raises(UserError, match="roi_op"):
-        exp.validate(DetectionConfig(roi_op="roi_magic"), None, None)
     with pytest.raises(UserError, match="freeze randomly initialised"):
         exp.validate(DetectionConfig(pretrained=False), None, None)
     with pytest.raises(UserError, match="unknown --data 'imagenet'"):
@@ -174,11 +204,10 @@ def test_validate_rejects_bad_arguments_before_any_work(tmp_path):
         exp.validate(cfg, "coco", str(tmp_path / "coco"))
     with pytest.raises(UserError, match="no Pascal VOC 2007 folder"):
         exp.validate(cfg, "voc", str(tmp_path))
-    with pytest.raises(UserError, match="image_size must be >= 32"):
-        exp.validate(DetectionConfig(image_size=16), None, None)
     out = tmp_path / "run"
-    with pytest.raises(UserError, match="unknown variant"):
+    with pytest.raises(UserError, match="invalid value for variants: 'nope'"):
         run_detection(out, {**TINY, "variants": ("nope",)})
+    assert not out.exists()  # refused before the run folder was made
 
 
 @pytest.mark.slow
@@ -186,7 +215,7 @@ def test_demo_settings_reach_the_ap50_target(tmp_path):
     """`vislab demo` settings: ours reaches test AP50 >= 0.5 and is within 0.05 of torchvision's."""
     exp = Detection()
     summary, _ = run_detection(tmp_path / "demo", exp.demo_overrides(False))
-    ours, ref = summary["runs"]["vislab"]["test"]["map50"], summary["runs"]["torchvision"]["test"]["map50"]
+    ours, ref = (summary["runs"][v]["test"]["map50"]["mean"] for v in ("vislab", "torchvision"))
     assert ours >= 0.5, summary["runs"]
     assert ours >= ref - 0.05, (ours, ref)
 
@@ -259,7 +288,8 @@ def test_runs_on_real_formats_never_seen(tmp_path, kind):
     else:
         assert len(d["classes"]) == 20 and (d["train"], d["val"], d["test"]) == (4, 2, 2)
         assert d["counts"]["train"]["crowd"] == 1  # the difficult object
-    assert 0.0 <= summary["runs"]["vislab"]["test"]["map50"] <= 1.0 or summary["runs"]["vislab"]["test"]["map50"] == -1
+    ap50 = summary["runs"]["vislab"]["test"]["map50"]["mean"]
+    assert 0.0 <= ap50 <= 1.0 or ap50 == -1
     assert (tmp_path / "run" / "report.html").exists()
 
 
@@ -273,7 +303,7 @@ def test_default_training_steps_equal_torchvision_bit_for_bit():
 
     from vislab.data.detection import collate_fn, load_detection_data
     from vislab.engine.fit import seed_everything
-    from vislab.experiments.detection import build_detector, model_kwargs, param_groups
+    from vislab.models.detection.builder import build_detector, model_kwargs, param_groups
 
     cfg = DetectionConfig()
     data = load_detection_data(None, None, image_size=cfg.image_size, seed=cfg.seed, hflip=cfg.hflip)

@@ -1,6 +1,8 @@
-"""``vislab segment --checkpoint CKPT IMAGE --box x0,y0,x1,y1 [--out DIR]``: the mask PNG and the overlay from a
-sam-finetune checkpoint; bad boxes and missing files are one line and exit 2."""
+"""``vislab segment --checkpoint CKPT IMAGE [--point x,y[,1|0] ...] [--box x0,y0,x1,y1] [--multimask] [--out DIR]``:
+the mask PNGs, overlays and predicted IoU from a sam-finetune checkpoint, prompts scaled exactly as the decoder
+takes them; negative coordinates parse; bad prompts and missing files are one line and exit 2."""
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,7 +11,7 @@ import torch
 from PIL import Image
 
 from helpers import run_cli
-from vislab.commands.segment import parse_box, segment_command, segment_image
+from vislab.commands.segment import parse_box, parse_point, segment_command, segment_image
 from vislab.errors import UserError
 from vislab.models.sam import load_finetuned, offline_box_sam
 
@@ -44,8 +46,77 @@ def test_writes_mask_and_overlay(checkpoint, image, tmp_path):
     loaded = load_finetuned(ckpt)
     for a, b in zip(loaded.decoder.state_dict().values(), model.decoder.state_dict().values()):
         assert torch.equal(a, b)
-    logits = segment_image(loaded, Image.open(image), (10.0, 5.0, 50.0, 40.0))
-    np.testing.assert_array_equal(mask > 0, logits > 0)
+    logits, iou_pred = segment_image(loaded, Image.open(image), (10.0, 5.0, 50.0, 40.0))
+    assert logits.shape == (1, 48, 80) and iou_pred.shape == (1,)
+    np.testing.assert_array_equal(mask > 0, logits[0] > 0)
+    # = the experiment's model on the image resized to 64 x 64 (uint8) with the box scaled by (64/80, 64/48)
+    x = _resized(image)
+    with torch.no_grad():
+        ref = model(x, torch.tensor([[10 * 0.8, 5 * 64 / 48, 50 * 0.8, 40 * 64 / 48]]))
+        ref = torch.nn.functional.interpolate(ref, (48, 80), mode="bilinear", align_corners=False)[0, 0]
+    sure = ref.abs() > 1e-3
+    np.testing.assert_array_equal((mask > 0)[sure.numpy()], (ref > 0)[sure].numpy())
+    facts = json.loads((out / "scene_masks.json").read_text())
+    assert facts["box"] == [10, 5, 50, 40] and facts["points"] == [] and len(facts["masks"]) == 1
+    assert facts["masks"][0]["predicted_iou"] == pytest.approx(float(iou_pred[0]), abs=1e-6)
+
+
+def _resized(image_path):
+    rgb = torch.from_numpy(np.array(Image.open(image_path).convert("RGB"))).permute(2, 0, 1)[None].float()
+    x = torch.nn.functional.interpolate(rgb, (64, 64), mode="bilinear", align_corners=False, antialias=True)
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def test_points_box_and_multimask(checkpoint, image, tmp_path, capsys):
+    """Points are pixel column/row: pixel (x, y) is the decoder's continuous point ((x + 0.5) s_x, (y + 0.5) s_y);
+    --multimask writes three masks and overlays with SAM's predicted IoU; the overlay shows green positive and
+    red negative points."""
+    ckpt, model = checkpoint
+    out = tmp_path / "pts"
+    args = SimpleNamespace(checkpoint=str(ckpt), image=str(image), box=None, point=["30,20", "60,10,0"],
+                           multimask=False, out=str(out))
+    assert segment_command(args) == 0
+    mask = np.asarray(Image.open(out / "scene_mask.png")) > 0
+    x = _resized(image)
+    sx, sy = 64 / 80, 64 / 48
+    pts = torch.tensor([[[30.5 * sx, 20.5 * sy], [60.5 * sx, 10.5 * sy]]])
+    with torch.no_grad():
+        ref = model.decoder(model.encoder(x), points=pts, point_labels=torch.tensor([[1, 0]]))
+        ref = torch.nn.functional.interpolate(ref, (48, 80), mode="bilinear", align_corners=False)[0, 0]
+    sure = (ref.abs() > 1e-3).numpy()
+    np.testing.assert_array_equal(mask[sure], (ref > 0).numpy()[sure])
+    over = np.asarray(Image.open(out / "scene_overlay.png"))
+    assert tuple(over[20, 30]) == (40, 220, 40) and tuple(over[10, 60]) == (230, 30, 30)
+    # box + points, three candidates
+    multi = tmp_path / "multi"
+    args = SimpleNamespace(checkpoint=str(ckpt), image=str(image), box="10,5,50,40", point=["30,20"],
+                           multimask=True, out=str(multi))
+    capsys.readouterr()
+    assert segment_command(args) == 0
+    printed = capsys.readouterr().out
+    facts = json.loads((multi / "scene_masks.json").read_text())
+    assert [m["mask"] for m in facts["masks"]] == ["scene_mask_0.png", "scene_mask_1.png", "scene_mask_2.png"]
+    assert all((multi / m["overlay"]).exists() for m in facts["masks"])
+    ious = [m["predicted_iou"] for m in facts["masks"]]
+    assert facts["best"] == int(np.argmax(ious)) and printed.count("predicted IoU") == 3
+    _, iou_pred = segment_image(load_finetuned(ckpt), Image.open(image), (10.0, 5.0, 50.0, 40.0), [(30.0, 20.0, 1)],
+                                multimask=True)
+    np.testing.assert_allclose(ious, iou_pred, atol=1e-6)
+
+
+def test_negative_coordinates_parse(checkpoint, image, tmp_path):
+    ckpt, _ = checkpoint
+    ok = run_cli("segment", "--checkpoint", str(ckpt), str(image), "--box=-5,0,10,10", "--point=3,4",
+                 "--out", str(tmp_path / "neg"))
+    assert ok.returncode == 0, ok.stderr
+    assert "box clipped to the 80×48 image: 0,0,10,10" in ok.stdout
+    assert json.loads((tmp_path / "neg" / "scene_masks.json").read_text())["box"] == [0, 0, 10, 10]
+    bad = run_cli("segment", "--checkpoint", str(ckpt), str(image), "--point=-3,4", "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "--point -3,4 lies outside the 80×48 image" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    none = run_cli("segment", "--checkpoint", str(ckpt), str(image), "--out", str(tmp_path / "x"))
+    assert none.returncode == 2 and "at least one prompt" in none.stderr and len(none.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
 
 
 def test_cli_end_to_end_and_errors(checkpoint, image, tmp_path):
@@ -61,7 +132,7 @@ def test_cli_end_to_end_and_errors(checkpoint, image, tmp_path):
 @pytest.mark.parametrize("box, where, msg", [
     ("1,2,3", "ok", "four numbers"),
     ("10,2,5,40", "ok", "x1 > x0"),
-    ("0,0,81,40", "ok", "outside the 80×48 image"),
+    ("100,0,120,40", "ok", "lies outside the 80×48 image"),
     ("1,1,9,9", "no-checkpoint", "does not exist"),
     ("1,1,9,9", "no-image", "not found"),
 ])
@@ -75,8 +146,19 @@ def test_bad_input_is_a_user_error(checkpoint, image, tmp_path, box, where, msg)
     assert "\n" not in str(e.value) and not (tmp_path / "x").exists()
 
 
+def test_parse_point():
+    assert parse_point("3,4") == (3.0, 4.0, 1) and parse_point(" 3.5, -4 ,0") == (3.5, -4.0, 0)
+    assert parse_point("1,2,1") == (1.0, 2.0, 1)
+    for bad, msg in [("1", "must be x,y"), ("a,b", "must be x,y"), ("1,2,3,4", "must be x,y"),
+                     ("1,2,2", "label must be 1"), ("1,nan", "must be x,y")]:
+        with pytest.raises(UserError, match=msg) as e:
+            parse_point(bad)
+        assert repr(bad) in str(e.value)
+
+
 def test_parse_box_and_wrong_checkpoint(tmp_path):
     assert parse_box(" 1, 2.5,3,4 ") == (1.0, 2.5, 3.0, 4.0)
+    assert parse_box("-5,0,10,10") == (-5.0, 0.0, 10.0, 10.0)
     with pytest.raises(UserError, match="four numbers"):
         parse_box("a,b,c,d")
     with pytest.raises(UserError, match="y1 > y0"):
@@ -95,3 +177,6 @@ def test_sam_checkpoint_flag_reaches_the_loader():
                                       "--sam-checkpoint", "sam_vit_b_01ec64.pth"])
     assert args.sam_checkpoint == "sam_vit_b_01ec64.pth"
     assert build_parser().parse_args(["segment", "--checkpoint", "c", "i", "--box", "1,2,3,4"]).sam_checkpoint is None
+    args = build_parser().parse_args(["segment", "--checkpoint", "c", "i", "--point=-3,4", "--point", "5,6,0",
+                                      "--box=-5,0,10,10", "--multimask"])
+    assert args.point == ["-3,4", "5,6,0"] and args.box == "-5,0,10,10" and args.multimask

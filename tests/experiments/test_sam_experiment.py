@@ -1,7 +1,7 @@
-"""Experiment ``sam-finetune`` (SPEC §8): a tiny end-to-end run through the real runner (summary rows, run
-folder, report, split manifest, cache timing), a ``--data DIR`` run on a folder of a kind of image the
-scene generator never makes (with files to skip), argument errors before any work, and (slow) the demo
-settings reaching their targets."""
+"""Experiment ``sam-finetune`` (SPEC §8): a tiny end-to-end run through the protocol (summary schema 2: the
+fine-tuned row and the untrained baselines, claims, run folder, report, split manifest, cache timing), two
+seeds, a ``--data DIR`` run on a folder of a kind of image the scene generator never makes (with files to
+skip), argument errors before any work, and (slow) the demo settings reaching their targets."""
 
 import json
 from pathlib import Path
@@ -12,49 +12,61 @@ import torch
 from PIL import Image
 
 from vislab.errors import UserError
-from vislab.protocol.runner import RunOptions, run_experiment
 from vislab.experiments.sam_finetune import SamFinetune, SamFinetuneConfig
+from vislab.protocol.runner import RunOptions, run_experiment
 
 TINY = {"scenes": 12, "image_size": 64, "encoder_size": 64, "epochs": 2, "aug_copies": 2, "batch_size": 8,
         "figure_prompts": 2, "grabcut_iters": 1, "test_fraction": 0.25, "val_fraction": 0.2}
 
 
-def _run(out: Path, overrides: dict, **opts) -> tuple[dict, SamFinetune]:
-    """run_experiment through the real runner with this experiment (until the lead registers it)."""
-    exp = SamFinetune()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("vislab.protocol.runner.get_experiment", lambda name: exp)
-        summary = run_experiment(RunOptions(name="sam-finetune", out=str(out), overrides=overrides, **opts))
-    return summary, exp
+def _run(out: Path, overrides: dict, **opts):
+    """run_experiment through the real runner; returns the RunResult and the fine-tuned model of the first seed."""
+    result = run_experiment(RunOptions(name="sam-finetune", out=str(out), overrides=overrides, **opts))
+    return result, result.variants[result.seeds[0]]["finetuned"].state["model"]
+
+
+def _iou(entry: dict) -> float:
+    return entry["test"]["iou"]["mean"]
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("sam") / "run"
-    summary, exp = _run(out, TINY)
-    return out, summary, exp
+    result, model = _run(out, TINY)
+    return out, result, model
 
 
 def test_run_folder_summary_and_report(tiny_run):
-    out, summary, exp = tiny_run
+    out, result, model = tiny_run
     for name in ("config.yaml", "metrics.csv", "summary.json", "report.md", "report.html", "env.json", "split.json",
                  "figures/curves.png", "figures/test_predictions.png", "figures/rows_compared.png",
                  "checkpoints/finetuned/best.ckpt", "checkpoints/finetuned/last.ckpt"):
         assert (out / name).exists(), name
     saved = json.loads((out / "summary.json").read_text())
     assert saved["experiment"] == "sam-finetune" and saved["data"]["name"] == "embedded-scenes"
-    assert list(saved["runs"]) == ["finetuned", "box", "grabcut"]  # no zero_shot without SAM weights
+    assert saved["schema"] == 2 and saved["seeds"] == [0]
+    assert list(saved["runs"]) == ["finetuned"]
+    assert list(saved["baselines"]) == ["box", "grabcut"]  # no zero_shot without SAM weights
     assert saved["encoder"]["kind"] == "offline" and "EfficientNet-Lite0" in saved["encoder"]["description"]
     d = saved["data"]
     assert d["train"] + d["val"] + d["test"] == 12 and d["test"] == 3 and all(d["prompts"][k] > 0 for k in d["prompts"])
-    for name, r in saved["runs"].items():
+    rows = {**saved["runs"], **saved["baselines"]}
+    for name, r in rows.items():
         assert set(r) >= {"params", "epochs", "train", "val", "test", "time"}, name
-        assert 0.0 <= r["test"]["iou"] <= r["test"]["dice"] <= 1.0, name  # Dice >= IoU per prompt
-        assert set(r["time"]) >= {"fit_s", "epoch_s_mean", "step_ms_mean"}
+        assert 0.0 <= _iou(r) <= r["test"]["dice"]["mean"] <= 1.0, name  # Dice >= IoU per prompt
+        assert set(r["time"]) >= {"fit_s", "epoch_s_mean", "step_ms_mean", "ms_per_prompt"}
     ft = saved["runs"]["finetuned"]
-    assert ft["epochs"] == 2 and ft["test"]["loss"] > 0 and set(ft["val"]) == {"loss", "iou", "dice"}
-    assert 0 < ft["trainable_params"] < ft["params"]
-    assert saved["runs"]["box"]["params"] == 0 and saved["runs"]["grabcut"]["epochs"] == 0
+    assert ft["epochs"] == 2 and ft["test"]["loss"]["mean"] > 0 and set(ft["val"]) == {"loss", "iou", "dice"}
+    assert ft["test"]["iou"]["per_seed"] == [_iou(ft)] and set(ft["train"]) == {"loss", "iou", "dice"}
+    assert 0 < ft["trainable_params"] < ft["params"] and 1 <= ft["best_epoch"] <= 2
+    assert rows["box"]["params"] == 0 and rows["grabcut"]["epochs"] == 0
+    claims = {(c["a"], c["b"], c["metric"]): c for c in saved["claims"]}
+    assert set(claims) == {("finetuned", "grabcut", "iou"), ("finetuned", "box", "iou")}
+    for (a, b, _), c in claims.items():  # one seed: a paired bootstrap over the test prompts
+        assert c["verdict"] in ("holds", "not shown", "fails") and c["n_seeds"] == 1 and "bootstrap" in c["note"]
+        assert c["diff"]["mean"] == pytest.approx(_iou(rows[a]) - _iou(rows[b]), abs=1e-9)
+    assert saved["margin_over_best_baseline"] == pytest.approx(
+        _iou(ft) - max(_iou(rows["box"]), _iou(rows["grabcut"])), abs=1e-4)
     shapes = saved["per_shape"]
     assert set(shapes) <= {"ring", "band", "blob", "star"} and sum(v["prompts"] for v in shapes.values()) == \
         d["prompts"]["test"]
@@ -68,16 +80,43 @@ def test_run_folder_summary_and_report(tiny_run):
     assert len(rows) == 2 and {"train_loss", "val_iou", "val_dice", "train_iou"} <= set(rows[0])
     md = (out / "report.md").read_text()
     for text in ("Image encoder that ran", "EfficientNet-Lite0", "IoU per object shape", "Embedding cache",
-                 "test_predictions.png", "grabcut", "no zero-shot row"):
+                 "test_predictions.png", "rows_compared.png", "grabcut", "no zero-shot row", "Claims checked",
+                 "finetuned beats grabcut on iou", "finetuned beats box on iou"):
         assert text in md, text
-    assert exp.model is not None and exp.model.kind == "offline"
+    assert model.kind == "offline"
+    reloaded = result.model("finetuned")  # RunResult loads the best checkpoint on demand
+    for k, v in reloaded.decoder.state_dict().items():
+        assert torch.equal(v, model.decoder.state_dict()[k]), k
 
 
 def test_box_baseline_row_is_recomputable(tiny_run):
     """The box row's number is the filled test boxes against the masks (nothing hard-coded)."""
-    out, summary, _ = tiny_run
-    r = summary["runs"]["box"]["test"]
-    assert 0.05 < r["iou"] < 0.95
+    out, result, _ = tiny_run
+    r = _iou(result["baselines"]["box"])
+    assert 0.05 < r < 0.95
+    data = result.baseline_results["box"]
+    assert len(data.items["iou"]) == result["data"]["prompts"]["test"]
+    masks = data.state["masks"]  # the filled boxes: each a solid rectangle
+    assert masks.dtype == torch.bool and float(np.mean(data.items["iou"])) == pytest.approx(r)
+    for m in masks:
+        rows, cols = m.any(1).nonzero()[:, 0], m.any(0).nonzero()[:, 0]
+        assert int(m.sum()) == (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)
+
+
+def test_two_seeds_pair_the_claims(tmp_path):
+    """seeds=2: every fine-tuned metric has two per-seed values; the claims are judged over the 2 seeds (the
+    untrained baselines' single value pairs with each); the report has the claims table."""
+    out = tmp_path / "run"
+    result = run_experiment(RunOptions(name="sam-finetune", out=str(out), seeds=2,
+                                       overrides={**TINY, "epochs": 1, "time_uncached": False, "figure_prompts": 1}))
+    ft = result["runs"]["finetuned"]
+    assert len(ft["test"]["iou"]["per_seed"]) == 2 and ft["test"]["iou"]["ci95"] is not None
+    assert len(set(ft["test"]["loss"]["per_seed"])) == 2  # other seeds, other decoders (1 epoch: IoU may be 0 twice)
+    assert all(c["n_seeds"] == 2 and "paired over 2 seeds" in c["note"] for c in result.claims)
+    assert len(result.claims) == 2
+    md = (out / "report.md").read_text()
+    assert "Claims checked" in md and "over 2 seeds" in md
+    assert "speedup" not in result["cache"]
 
 
 def test_segment_cli_on_the_trained_checkpoint(tiny_run, tmp_path):
@@ -131,6 +170,7 @@ def test_data_folder_never_generated(tmp_path):
     summary, _ = _run(tmp_path / "run", {"image_size": 64, "encoder_size": 64, "epochs": 2, "aug_copies": 2,
                                          "batch_size": 8, "figure_prompts": 2, "grabcut_iters": 1,
                                          "test_fraction": 0.2, "time_uncached": False}, data=str(data))
+    summary = summary.summary
     d = summary["data"]
     assert d["name"] == "coins" and d["train"] + d["val"] + d["test"] == 14
     skipped = {p for p, _ in d["skipped"]}
@@ -148,15 +188,15 @@ def test_init_from_an_earlier_run_fine_tunes_it_with_a_zero_shot_row(tiny_run, t
     out, _, _ = tiny_run
     ckpt = out / "checkpoints/finetuned/best.ckpt"
     data = _unseen_folder(tmp_path / "coins", size=64)
-    summary, exp = _run(tmp_path / "run", {"image_size": 64, "epochs": 1, "aug_copies": 1, "batch_size": 8,
-                                           "figure_prompts": 2, "grabcut_iters": 1, "test_fraction": 0.2,
-                                           "time_uncached": False, "init": str(ckpt)}, data=str(data))
-    assert list(summary["runs"]) == ["finetuned", "zero_shot", "box", "grabcut"]
-    assert summary["encoder"]["init"] == str(ckpt) and summary["runs"]["zero_shot"]["epochs"] == 0
+    summary, model = _run(tmp_path / "run", {"image_size": 64, "epochs": 1, "aug_copies": 1, "batch_size": 8,
+                                             "figure_prompts": 2, "grabcut_iters": 1, "test_fraction": 0.2,
+                                             "time_uncached": False, "init": str(ckpt)}, data=str(data))
+    assert list(summary["runs"]) == ["finetuned"] and list(summary["baselines"]) == ["zero_shot", "box", "grabcut"]
+    assert summary["encoder"]["init"] == str(ckpt) and summary["baselines"]["zero_shot"]["epochs"] == 0
     init = load_finetuned(ckpt)
     for k, v in init.decoder.state_dict().items():  # the run started from these weights and then trained
-        assert v.shape == exp.model.decoder.state_dict()[k].shape
-    assert any(not torch.equal(v, exp.model.decoder.state_dict()[k]) for k, v in init.decoder.state_dict().items()
+        assert v.shape == model.decoder.state_dict()[k].shape
+    assert any(not torch.equal(v, model.decoder.state_dict()[k]) for k, v in init.decoder.state_dict().items()
                if v.is_floating_point())
     md = (tmp_path / "run" / "report.md").read_text()
     assert "before this fine-tuning" in md and "zero_shot" in md
@@ -234,19 +274,23 @@ def test_data_folder_never_generated_is_learned_above_baselines(tmp_path):
     settings = {**exp.demo_overrides(False), "time_uncached": False}
     _run(tmp_path / "pre", settings)
     init = tmp_path / "pre" / "checkpoints" / "finetuned" / "best.ckpt"
-    summary, _ = _run(tmp_path / "run", {**settings, "init": str(init)}, data=str(data))
-    iou = {k: v["test"]["iou"] for k, v in summary["runs"].items()}
+    result, _ = _run(tmp_path / "run", {**settings, "init": str(init)}, data=str(data))
+    iou = {k: _iou(v) for k, v in {**result["runs"], **result["baselines"]}.items()}
     assert iou["finetuned"] > max(iou["box"], iou["grabcut"], iou["zero_shot"]), iou
 
 
 def _validate(overrides: dict, data=None, root=None):
-    from vislab.engine.config import apply_overrides
+    """The runner's checks before any work: the declared constraints, then the experiment's own."""
+    from vislab.engine.config import apply_overrides, check_constraints
 
-    exp = SamFinetune()
-    exp.validate(apply_overrides(SamFinetuneConfig(), overrides), data, root)
+    cfg = apply_overrides(SamFinetuneConfig(), overrides)
+    check_constraints(cfg)
+    SamFinetune().validate(cfg, data, root)
 
 
 def test_bad_arguments_before_any_work(tmp_path):
+    from vislab.engine.config import check_constraints
+
     with pytest.raises(UserError, match="image_size must be a multiple of 16"):
         _validate({"image_size": 100})
     with pytest.raises(UserError, match="encoder_size must be a multiple of 16"):
@@ -261,8 +305,8 @@ def test_bad_arguments_before_any_work(tmp_path):
         _validate({}, data=str(tmp_path / "half"))
     with pytest.raises(UserError, match="invalid value for prompt"):
         _validate(["prompt=pixels"])
-    with pytest.raises(UserError, match="prompt must be one of component, mask"):
-        SamFinetune().validate(SamFinetuneConfig(prompt="pixels"), None, None)  # a config built in code
+    with pytest.raises(UserError, match="invalid value for prompt: 'pixels'; expected one of component, mask"):
+        check_constraints(SamFinetuneConfig(prompt="pixels"))  # a config built in code
     with pytest.raises(UserError, match=r"sam_checkpoint .* does not exist.*sam_vit_l_0b3195\.pth"):
         _validate({"sam_checkpoint": str(tmp_path / "sam.pth"), "model_type": "vit_l"})
     with pytest.raises(UserError, match="aug_copies must be >= 1"):
@@ -271,6 +315,14 @@ def test_bad_arguments_before_any_work(tmp_path):
         _validate({}, root=str(tmp_path))
     with pytest.raises(UserError, match="scenes must be >= 10"):
         _validate({"scenes": 4})
+    with pytest.raises(UserError, match="objects must be two numbers 1 <= min <= max <= 12"):
+        _validate({"objects": (4, 2)})
+    with pytest.raises(UserError, match="objects must be <= 12"):
+        _validate({"objects": (2, 13)})
+    with pytest.raises(UserError, match="time_fraction must be <= 1"):
+        _validate({"time_fraction": 1.5})
+    with pytest.raises(UserError, match="jitter_px must be a finite number"):
+        _validate({"jitter_px": float("nan")})
 
 
 def test_bad_data_leaves_no_run_folder(tmp_path):
@@ -283,11 +335,9 @@ def test_bad_data_leaves_no_run_folder(tmp_path):
 def test_demo_settings_reach_the_target(tmp_path):
     """`vislab demo` settings: fine-tuned test mIoU >= 0.75 and above both baselines (measured 0.765; box 0.428,
     grabcut 0.604)."""
-    exp = SamFinetune()
-    summary, _ = _run(tmp_path / "demo", {}, demo=True)
-    runs = summary["runs"]
-    ft = runs["finetuned"]["test"]["iou"]
-    best = max(runs["box"]["test"]["iou"], runs["grabcut"]["test"]["iou"])
-    assert ft >= 0.75 and ft > best, {k: v["test"] for k, v in runs.items()}
-    assert summary["margin_over_best_baseline"] == pytest.approx(ft - best, abs=1e-3)
-    assert exp.headline == ("iou", True)
+    result, _ = _run(tmp_path / "demo", {}, demo=True)
+    ft = _iou(result["runs"]["finetuned"])
+    best = max(_iou(result["baselines"]["box"]), _iou(result["baselines"]["grabcut"]))
+    assert ft >= 0.75 and ft > best, {k: v["test"] for k, v in {**result["runs"], **result["baselines"]}.items()}
+    assert result["margin_over_best_baseline"] == pytest.approx(ft - best, abs=1e-3)
+    assert all(c["verdict"] == "holds" for c in result.claims), result.claims

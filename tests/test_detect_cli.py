@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,27 +13,32 @@ from PIL import Image
 
 from vislab.commands.detect import detect_command
 from vislab.errors import UserError
-from vislab.experiments.detection import Detection, load_detector_checkpoint
-from vislab.experiments.runner import RunOptions, run_experiment
+from vislab.experiments.detection import DetectionConfig, build_detector, load_detector_checkpoint, model_kwargs
 
-TINY = {"variants": ("vislab",), "image_size": 64, "epochs": 1, "batch_size": 4, "n_train": 8, "n_val": 4,
-        "n_test": 4, "rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 50, "rpn_pre_nms_top_n_test": 100,
-        "rpn_post_nms_top_n_test": 30, "rpn_batch_size_per_image": 32, "box_batch_size_per_image": 16,
-        "representation_size": 32, "show_images": 1, "box_score_thresh": 0.0}
+TINY = {"image_size": 64, "rpn_pre_nms_top_n_test": 100, "rpn_post_nms_top_n_test": 30, "representation_size": 32,
+        "box_score_thresh": 0.0, "pretrained": False}
+SCENE_NAMES = ["circle", "square", "triangle", "star", "cross"]
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("detect") / "run"
-    exp = Detection()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("vislab.experiments.runner.get_experiment", lambda name: exp)
-        run_experiment(RunOptions(name="detection", out=str(out), overrides=TINY))
-    return out / "checkpoints" / "vislab" / "best.ckpt"
+    """A detector of the detection experiment's format, untrained (random weights): what the command reads from
+    a checkpoint is the same; box_score_thresh 0 keeps its (random) detections."""
+    torch.manual_seed(0)
+    cfg = DetectionConfig(**TINY)
+    kw = model_kwargs(cfg)
+    model, _ = build_detector("vislab", backbone=cfg.backbone, num_classes=len(SCENE_NAMES) + 1, model_kw=kw,
+                              pretrained=False)
+    meta = {"task": "detection", "variant": "vislab", "backbone": cfg.backbone, "num_classes": len(SCENE_NAMES) + 1,
+            "model_kwargs": kw, "image_size": 64, "label_names": SCENE_NAMES, "category_ids": [1, 2, 3, 4, 5]}
+    path = tmp_path_factory.mktemp("detect") / "best.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "vislab": meta}, path)
+    return path
 
 
-def _args(checkpoint, images, out, score=0.0):
-    return argparse.Namespace(checkpoint=str(checkpoint), images=[str(p) for p in images], score=score, out=str(out))
+def _args(checkpoint, images, out, score=0.0, as_json=False):
+    return argparse.Namespace(checkpoint=str(checkpoint), images=[str(p) for p in images], score=score, out=str(out),
+                              json=as_json)
 
 
 def test_detect_writes_drawn_images_and_coco_results(checkpoint, tmp_path, capsys):
@@ -87,7 +93,7 @@ def test_detect_errors(checkpoint, tmp_path):
         detect_command(_args(checkpoint, [bad], tmp_path / "o"))
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"garbage")
-    with pytest.raises(UserError, match="cannot read checkpoint"):
+    with pytest.raises(UserError, match="junk.ckpt is not a valid vislab/PyTorch weights file"):
         detect_command(_args(junk, [img], tmp_path / "o"))
     other = tmp_path / "other.ckpt"
     torch.save({"state_dict": {}, "vislab": {"task": "classification"}}, other)
@@ -96,3 +102,32 @@ def test_detect_errors(checkpoint, tmp_path):
     with pytest.raises(UserError, match="--score"):
         detect_command(_args(checkpoint, [img], tmp_path / "o", score=1.5))
     assert not (tmp_path / "o").exists()  # nothing is written when the input is bad
+
+
+def test_folders_globs_same_names_and_unique_ids(checkpoint, tmp_path, capsys):
+    """Two 1.png in different folders: two pictures (folders kept), distinct image ids; a folder, a glob;
+    one JSON line per image with --json, each after its picture exists."""
+    rng = np.random.default_rng(1)
+    for sub in ("a", "b", "b/c"):
+        (tmp_path / "in" / sub).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "in" / sub / "1.png")
+    Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "in" / "a" / "1.jpg")
+    out = tmp_path / "out"
+    assert detect_command(_args(checkpoint, [tmp_path / "in"], out, as_json=True)) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [Path(d["image"]).relative_to(tmp_path / "in").as_posix() for d in lines] == [
+        "a/1.jpg", "a/1.png", "b/1.png", "b/c/1.png"]
+    assert [d["image_id"] for d in lines] == [1, 2, 3, 4]  # "1" four times: positions instead
+    pictures = [Path(d["picture"]).relative_to(out).as_posix() for d in lines]
+    assert pictures == ["a/1_det.png", "a/1_2_det.png", "b/1_det.png", "b/c/1_det.png"]
+    assert all((out / p).is_file() for p in pictures)
+    results = json.loads((out / "detections.json").read_text())
+    assert {r["image_id"] for r in results} <= {1, 2, 3, 4}
+    assert sum(len(d["detections"]) for d in lines) == len(results)
+    assert detect_command(_args(checkpoint, [str(tmp_path / "in" / "**" / "*.png")], tmp_path / "g")) == 0
+    assert len(list((tmp_path / "g").rglob("*_det.png"))) == 3
+    with pytest.raises(UserError, match="matches no file"):
+        detect_command(_args(checkpoint, [str(tmp_path / "in" / "*.gif")], tmp_path / "g2"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="holds no image files"):
+        detect_command(_args(checkpoint, [tmp_path / "empty"], tmp_path / "g2"))

@@ -1,16 +1,26 @@
-"""``vislab detect --checkpoint CKPT IMAGE... [--score 0.5] [--out DIR]``: run a detector trained by the
-``detection`` experiment on image files.
+"""``vislab detect --checkpoint CKPT INPUT... [--score 0.5] [--out DIR] [--json]``: run a detector trained by the
+``detection`` experiment on image files, folders (every image file under them) or glob patterns (``"shots/*.jpg"``,
+``"**"`` recursive; quote them), in one process.
 
-For every image it writes ``DIR/<name>_det.png`` (the image with its boxes, class names and scores) and,
-for all images together, ``DIR/detections.json`` in the COCO results format::
+For every image it writes ``DIR/<path>_det.png`` (the image with its boxes, class names and scores), where
+``<path>`` keeps the image's folders relative to the common folder of all the inputs (two ``img.jpg`` of
+different folders get two pictures; an index is added if names would still repeat), and, for all images
+together, ``DIR/detections.json`` in the COCO results format::
 
     [{"image_id": 139, "file_name": "000000000139.jpg", "category_id": 3, "category_name": "car",
       "bbox": [x, y, width, height], "score": 0.93}, ...]
 
 ``image_id`` is the file name's number when it is one (COCO's ``000000000139.jpg`` → 139), otherwise the
-image's 1-based position on the command line; ``category_id`` is the dataset's own id (COCO's sparse ids),
-read from the checkpoint. Boxes are in the pixels of the original image. Only detections with a score
-of at least ``--score`` are drawn and written (use ``--score 0.05`` for a COCO evaluation).
+image's 1-based position among the inputs; if that gives two images the same id (``a/1.jpg`` and ``b/1.jpg``),
+every image gets its position instead, so ids are always unique. ``category_id`` is the dataset's own id
+(COCO's sparse ids), read from the checkpoint. Boxes are in the pixels of the original image (EXIF-oriented,
+as :mod:`vislab.io.images` reads it). Only detections with a score of at least ``--score`` are drawn and
+written (use ``--score 0.05`` for a COCO evaluation).
+
+Every input is checked (exists, has a readable image header) before the model is loaded. Each image's line is
+printed after its picture is written (with ``--json``: one JSON object per image with its detections), and
+the last line after ``detections.json``; a progress bar goes to stderr. A reader that closes stdout early
+stops the printing, not the work: every file is still written, and the exit code is then 141.
 
 The model sees each image as it saw its training images: resized to the checkpoint's square
 ``image_size``; boxes are scaled back to the original size.
@@ -21,6 +31,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,31 +44,88 @@ from vislab.errors import UserError
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of `vislab detect` (the CLI builds its parser from this)."""
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint written by `vislab run detection`")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="INPUT",
+                   help="image files, folders (every image under them) or quoted glob patterns ('shots/*.jpg')")
     p.add_argument("--score", type=float, default=0.5, help="keep detections with at least this score (default 0.5)")
     p.add_argument("--out", default="detections", metavar="DIR",
-                   help="folder for the images with boxes and detections.json (COCO results format)")
+                   help="folder for the images with boxes (keeping the inputs' subfolders) and detections.json "
+                        "(COCO results format)")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per image on stdout: image, image_id, picture, detections")
 
 _PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
             (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
-def _open_images(paths: list[str]) -> list[Image.Image]:
-    out = []
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Image files of the command line: files as given, folders as every image file under them (sorted), glob
+    patterns as their matches (sorted; ``**`` recursive). :class:`UserError` for a missing path, a pattern that
+    matches nothing, a folder without images, or no image at all. A file listed twice is kept once."""
+    import glob
+
+    out: list[Path] = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not found:
+                raise UserError(f"folder {path} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            out += found
+        elif path.exists():
+            out.append(path)
+        elif glob.has_magic(raw):
+            found = sorted(Path(p) for p in glob.glob(raw, recursive=True) if Path(p).is_file())
+            if not found:
+                raise UserError(f"pattern {raw!r} matches no file")
+            out += found
+        else:
+            raise UserError(f"image {raw!r} not found")
+    seen: set[Path] = set()
+    unique = []
+    for p in out:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+def output_names(paths: list[Path], suffix: str = "_det.png") -> list[Path]:
+    """A distinct relative output path per input: its folder relative to the common folder of all the inputs,
+    then ``STEM_det.png``; ``STEM_2_det.png``... when names would repeat (``a.jpg`` and ``a.png``)."""
+    import os
+
+    dirs = [str(p.resolve().parent) for p in paths]
+    common = Path(os.path.commonpath(dirs)) if dirs else Path(".")
+    names: list[Path] = []
+    seen: dict[Path, int] = {}
     for p in paths:
-        path = Path(p)
-        if not path.is_file():
-            raise UserError(f"image {str(path)!r} not found")
-        try:
-            with Image.open(path) as im:
-                out.append(im.convert("RGB"))
-        except OSError as exc:
-            raise UserError(f"cannot read image {str(path)!r} ({exc})") from None
-    return out
+        base = p.resolve().parent.relative_to(common) / p.stem
+        k = seen.get(base, 0) + 1
+        seen[base] = k
+        names.append(base.with_name(base.name + (f"_{k}" if k > 1 else "") + suffix))
+    if len(set(names)) != len(names):  # an added index met a real name: number every output
+        names = [n.with_name(f"{i}_{n.name}") for i, n in enumerate(names, start=1)]
+    return names
 
 
-def _image_id(path: Path, position: int) -> int:
-    return int(path.stem) if path.stem.isdigit() else position
+def image_ids(paths: list[Path]) -> list[int]:
+    """COCO ``image_id`` per input (module docstring): the file name's number or the 1-based position, or every
+    position when that would repeat an id."""
+    ids = [int(p.stem) if p.stem.isdigit() else k for k, p in enumerate(paths, start=1)]
+    return ids if len(set(ids)) == len(ids) else list(range(1, len(paths) + 1))
+
+
+def _check_inputs(paths: list[Path]) -> None:
+    """Every input has a readable image header (cheap; the pixels are decoded one image at a time later)."""
+    from vislab.io.images import image_size
+
+    for p in paths:
+        image_size(p)
 
 
 def draw_detections(img: Image.Image, boxes: np.ndarray, labels: list[int], scores: list[float],
@@ -78,12 +146,15 @@ def draw_detections(img: Image.Image, boxes: np.ndarray, labels: list[int], scor
 
 
 def detect_command(args: Any) -> int:
-    """Entry point: ``args.checkpoint`` (str), ``args.images`` (list of str), ``args.score`` (float),
-    ``args.out`` (str). Returns the exit code (0)."""
+    """Entry point: ``args.checkpoint`` (str), ``args.images`` (files, folders or patterns), ``args.score``
+    (float), ``args.out`` (str), optionally ``args.json``. Returns the exit code (0; 141 if stdout closed)."""
     import torch
+    from tqdm import tqdm
 
+    from vislab.commands._console import LineWriter
     from vislab.engine.run_dir import atomic_write_bytes, atomic_write_text
     from vislab.experiments.detection import load_detector_checkpoint
+    from vislab.io.images import open_image
 
     score = float(getattr(args, "score", 0.5))
     if not 0.0 <= score <= 1.0:
@@ -91,16 +162,22 @@ def detect_command(args: Any) -> int:
     if not args.images:
         raise UserError("give at least one IMAGE")
     if not Path(args.checkpoint).is_file():
-        raise UserError(f"checkpoint {args.checkpoint} does not exist")
-    images = _open_images(list(args.images))  # every image is checked before the model is loaded
+        raise UserError(f"checkpoint {args.checkpoint} does not exist"
+                        + (" (it is a folder; give the .ckpt file inside it)" if Path(args.checkpoint).is_dir()
+                           else ""))
+    paths = expand_inputs(list(args.images))
+    _check_inputs(paths)  # every image is checked before the model is loaded
     model, meta = load_detector_checkpoint(args.checkpoint)
     size = int(meta["image_size"])
     names = list(meta["label_names"])
     category_ids = list(meta.get("category_ids") or range(1, len(names) + 1))
     out_dir = Path(getattr(args, "out", None) or "detections")
+    as_json = bool(getattr(args, "json", False))
+    emit = LineWriter()
     results: list[dict[str, Any]] = []
-    for k, (p, img) in enumerate(zip(args.images, images), start=1):
-        path = Path(p)
+    for path, img_id, rel in tqdm(list(zip(paths, image_ids(paths), output_names(paths))), file=sys.stderr,
+                                  unit="image", desc="detect", disable=not _progress(), dynamic_ncols=True):
+        img = open_image(path, "rgb")
         W, H = img.size
         x = torch.from_numpy(np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), np.float32) / 255.0)
         x = x.permute(2, 0, 1).contiguous()  # (3, S, S)
@@ -109,17 +186,33 @@ def detect_command(args: Any) -> int:
         keep = det["scores"] >= score
         boxes = det["boxes"][keep].numpy() * np.array([W / size, H / size, W / size, H / size])  # (D, 4) original
         labels, scores = det["labels"][keep].tolist(), det["scores"][keep].tolist()
-        img_id = _image_id(path, k)
-        for (x0, y0, x1, y1), lab, s in zip(boxes.tolist(), labels, scores):
-            results.append({"image_id": img_id, "file_name": path.name, "category_id": int(category_ids[lab - 1]),
-                            "category_name": names[lab - 1], "bbox": [round(v, 2) for v in (x0, y0, x1 - x0, y1 - y0)],
-                            "score": round(float(s), 5)})
-        drawn = draw_detections(img, boxes, labels, scores, names)
-        target = out_dir / f"{path.stem}_det.png"
+        mine = [{"image_id": img_id, "file_name": path.name, "category_id": int(category_ids[lab - 1]),
+                 "category_name": names[lab - 1], "bbox": [round(v, 2) for v in (x0, y0, x1 - x0, y1 - y0)],
+                 "score": round(float(s), 5)} for (x0, y0, x1, y1), lab, s in zip(boxes.tolist(), labels, scores)]
+        results += mine
+        target = out_dir / rel
         buf = io.BytesIO()
-        drawn.save(buf, format="PNG")
+        draw_detections(img, boxes, labels, scores, names).save(buf, format="PNG")
+        target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(target, buf.getvalue())
-        print(f"{path}: {len(labels)} detection(s) with score >= {score:g} -> {target}")
+        if as_json:
+            emit(json.dumps({"image": str(path), "image_id": img_id, "picture": str(target),
+                             "detections": [{k: d[k] for k in ("category_id", "category_name", "bbox", "score")}
+                                            for d in mine]}))
+        else:
+            emit(f"{path}: {len(labels)} detection(s) with score >= {score:g} -> {target}")
     atomic_write_text(out_dir / "detections.json", json.dumps(results, indent=1) + "\n")
-    print(f"wrote {out_dir / 'detections.json'} ({len(results)} detections, COCO results format)")
-    return 0
+    summary = f"wrote {out_dir / 'detections.json'} ({len(results)} detections, COCO results format)"
+    if as_json:
+        print(summary, file=sys.stderr)
+    else:
+        emit(summary)
+    return emit.exit_code()
+
+
+def _progress() -> bool:
+    """A progress bar on a terminal, or with VISLAB_PROGRESS=1; never with VISLAB_PROGRESS=0."""
+    import os
+
+    flag = os.environ.get("VISLAB_PROGRESS")
+    return flag == "1" or (flag != "0" and sys.stderr.isatty())

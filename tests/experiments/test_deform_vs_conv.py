@@ -36,7 +36,7 @@ def test_three_variants_side_by_side(tmp_path):
     assert (out / "figures" / "sampling_deform-all_0.png").exists()
     assert (out / "figures" / "time_step.png").exists()
     report = (out / "report.md").read_text()
-    assert "deform-all beats regular on map" in report and "Claims checked" in report
+    assert "deform-all beats regular on mAP" in report and "Claims checked" in report
     assert [c["verdict"] in ("holds", "not shown", "fails") for c in summary["claims"]] == [True, True]
     assert "bootstrap" in summary["claims"][0]["note"]
     saved = json.loads((out / "summary.json").read_text())

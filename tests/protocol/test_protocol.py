@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from toy import Toy
+
 from vislab.protocol.results import load_run
 from vislab.protocol.runner import RunOptions, run_experiment
 

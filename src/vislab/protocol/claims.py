@@ -70,7 +70,9 @@ def judge(claim: Claim, rows: dict[str, dict[str, Any]], items: dict[str, dict[i
     ``rows``: ``{row: {"test": {metric: {"per_seed": [...]}}}}`` (variants and baselines; a baseline has one
     value, which pairs with every seed); ``items``: ``{row: {seed: {metric: per-item array}}}``.
     """
-    out: dict[str, Any] = {"text": claim.sentence(), "metric": claim.metric, "a": claim.a, "b": claim.b,
+    from vislab.report.blocks import metric_label
+
+    out: dict[str, Any] = {"text": claim.sentence(metric_label(claim.metric)), "metric": claim.metric, "a": claim.a, "b": claim.b,
                            "kind": claim.kind, "tol": claim.tol if claim.kind == "equals" else None,
                            "higher_is_better": claim.higher_is_better, "n_seeds": len(seeds)}
     missing = [r for r in (claim.a, claim.b) if r not in rows or claim.metric not in rows[r].get("test", {})]

@@ -221,7 +221,8 @@ def build_summary(exp: Any, data: Any, seeds: list[int], per_seed: dict[int, dic
     rows = {**runs, **base}
     items = {v: {s: per_seed[s][v].items for s in seeds if v in per_seed[s]} for v in names}
     items.update({b: {None: r.items} for b, r in baselines.items()})
-    claims = [judge(c, rows, items, seeds) for c in exp.claims]
+    # a claim about a row this run did not train (a subset of --set variants) is left out, not judged
+    claims = [judge(c, rows, items, seeds) for c in exp.claims if c.a in rows and c.b in rows]
     key, higher = exp.headline
     return {"schema": SCHEMA, "experiment": exp.name, "data": info, "seeds": seeds,
             "headline": {"metric": key, "higher_is_better": higher}, "runs": runs, "baselines": base,

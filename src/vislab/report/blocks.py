@@ -58,7 +58,9 @@ def variants_table(rep: Report, runs: Mapping[str, Mapping[str, Any]], metrics: 
         header += ["fit s", "ms/step"]
     rows = []
     for name, r in runs.items():
-        row: list[Any] = [name, r.get("params", "—"), r.get("epochs", "—")]
+        epochs = r.get("epochs", "—")
+        row: list[Any] = [name, r.get("params", "—"),
+                          "/".join(map(str, epochs)) if isinstance(epochs, (list, tuple)) else epochs]
         row += [_value(r, split, m) if _value(r, split, m) is not None else "—" for m in metrics]
         row += [fn(r) for fn in (extra or {}).values()]
         if time:

@@ -72,7 +72,8 @@ def judge(claim: Claim, rows: dict[str, dict[str, Any]], items: dict[str, dict[i
     """
     from vislab.report.blocks import metric_label
 
-    out: dict[str, Any] = {"text": claim.sentence(metric_label(claim.metric)), "metric": claim.metric, "a": claim.a, "b": claim.b,
+    out: dict[str, Any] = {"text": claim.sentence(metric_label(claim.metric)), "metric": claim.metric,
+                           "a": claim.a, "b": claim.b,
                            "kind": claim.kind, "tol": claim.tol if claim.kind == "equals" else None,
                            "higher_is_better": claim.higher_is_better, "n_seeds": len(seeds)}
     missing = [r for r in (claim.a, claim.b) if r not in rows or claim.metric not in rows[r].get("test", {})]

@@ -130,3 +130,33 @@ def test_divergence_is_recorded_and_raised(tmp_path):
                                   overrides={**TINY, "lr": 1e20}))
     s = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert s["status"] == "diverged" and "loss is" in s["message"]
+
+
+def test_bf16_mixed_precision_trains_on_cpu_and_is_recorded(tmp_path):
+    out = tmp_path / "run"
+    result = _run(out, logger="none", precision="bf16-mixed")
+    assert json.loads((out / "env.json").read_text())["precision"] == "bf16-mixed"
+    assert "precision bf16-mixed" in (out / "report.md").read_text()
+    assert 0.0 <= result.test("mlp")["accuracy"] <= 1.0
+
+
+def test_16_mixed_needs_a_gpu_on_the_cpu(tmp_path):
+    import torch
+
+    from vislab.errors import UserError
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    with pytest.raises(UserError, match="16-mixed needs a CUDA GPU"):
+        _run(tmp_path / "run", precision="16-mixed")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.cuda
+def test_16_mixed_on_cuda(tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    result = _run(tmp_path / "run", logger="none", precision="16-mixed", accelerator="gpu")
+    assert result.status == "complete"

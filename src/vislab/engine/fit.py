@@ -175,13 +175,22 @@ def shard_loaders(train_loader: Any, val_loader: Any, trainer: L.Trainer, seed: 
 
 
 def progress_bar_enabled() -> bool:
-    """Lightning's progress bar only on a terminal: in a log file (CI, nohup) its carriage-return frames
-    would bury everything else, so there ``EpochRecorder`` prints one line per epoch instead."""
+    """Lightning's progress bar on a terminal and in Jupyter (where it is a widget); in a log file (CI, nohup)
+    its carriage-return frames would bury everything else, so there ``EpochRecorder`` prints one line per
+    epoch instead. ``VISLAB_PROGRESS=0|1`` forces either."""
     import sys
 
-    if os.environ.get("VISLAB_PROGRESS", "1") == "0":
-        return False
-    return os.environ.get("VISLAB_PROGRESS") == "1" or sys.stderr.isatty()
+    if os.environ.get("VISLAB_PROGRESS", "") in ("0", "1"):
+        return os.environ["VISLAB_PROGRESS"] == "1"
+    return sys.stderr.isatty() or in_notebook()
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (progress bars become widgets through ``tqdm.auto``)."""
+    import sys
+
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
 def load_weights(module: torch.nn.Module, checkpoint: str | Path) -> dict[str, Any]:

@@ -155,6 +155,8 @@ def run_footer(rep: Report, run: Any, seed: int) -> Report:
     """The "Run" section: seed, device, versions, git commit, where the config and metrics are."""
     env = run.read_json("env.json", {})
     rep.heading("Run")
-    return rep.text(f"Seed {seed}; device {env.get('device')}; torch {env.get('torch')}; git "
+    seeds = env.get("seeds") or [seed]
+    return rep.text(f"Seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}; device {env.get('device')}; "
+                    f"precision {env.get('precision', '32-true')}; torch {env.get('torch')}; git "
                     f"{env.get('git_commit')}. Config: `config.yaml`; per-epoch metrics: `metrics.csv`; "
                     "all numbers in this report were computed by this run.")

@@ -12,8 +12,8 @@ import torch
 from helpers import run_cli
 from vislab.engine.run_dir import RunDir
 from vislab.errors import UserError
+from vislab.experiments.transfer import VARIANTS
 from vislab.protocol.runner import RunOptions, run_experiment
-from vislab.experiments.transfer import VARIANTS, Transfer
 from vislab.report.embedding_plot import EmbeddingPanel, pca_2d, plot_embeddings
 
 TINY = {"epochs": 1, "head_epochs": 2, "image_size": 32, "batch_size": 8, "limit_train": 20, "limit_val": 10,
@@ -29,20 +29,20 @@ def _load_cifar_test_module():
     return mod
 
 
-def _run_with_instance(out: Path, overrides: dict, **opts) -> tuple[dict, Transfer]:
-    """run_experiment through the real runner, keeping the experiment object (trained models, initial weights)."""
-    exp = Transfer()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("vislab.protocol.runner.get_experiment", lambda name: exp)
-        summary = run_experiment(RunOptions(name="transfer", out=str(out), overrides=overrides, **opts))
-    return summary, exp
+class _State:
+    """The first seed's trained models and initial weights of a run, by variant (``VariantResult.state``)."""
+
+    def __init__(self, result):
+        first = result.variants[result.seeds[0]]
+        self.models = {v: r.state["model"] for v, r in first.items()}
+        self.initial_state = {v: r.state["initial"] for v, r in first.items()}
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("transfer") / "run"
-    summary, exp = _run_with_instance(out, TINY)
-    return out, summary, exp
+    result = run_experiment(RunOptions(name="transfer", out=str(out), overrides=TINY))
+    return out, result, _State(result)
 
 
 # -- the run folder and summary --------------------------------------------------------------------
@@ -67,7 +67,8 @@ def test_run_folder_and_summary_schema(tiny_run):
         assert set(r["time"]) >= {"fit_s", "epoch_s_mean", "step_ms_mean"}
         assert r["time"]["fit_s"] > 0
         assert set(r["test"]) >= {"loss", "accuracy", "precision", "recall", "f1", "triplet_active_fraction"}
-        assert 0.0 <= r["test"]["accuracy"] <= 1.0 and r["test"]["loss"] > 0
+        assert 0.0 <= r["test"]["accuracy"]["mean"] <= 1.0 and r["test"]["loss"]["mean"] > 0
+        assert r["test"]["accuracy"]["per_seed"] == [r["test"]["accuracy"]["mean"]]
         assert r["params"] == saved["runs"]["ce_fc"]["params"] > 3_000_000  # EfficientNet-Lite0 + a 2-class FC
     runs = saved["runs"]
     assert list(runs["triplet_then_ce"]["stages"]) == ["triplet", "ce"]
@@ -78,10 +79,22 @@ def test_run_folder_and_summary_schema(tiny_run):
     ctrl = saved["control"]
     assert ctrl["schedule"] == "joint" and set(ctrl["pretrained"]) == {"ce_fc", "triplet_then_ce", "joint"}
     for v, verdict in ctrl["pretrained"].items():
-        assert verdict["beats_control"] == (runs[v]["test"]["accuracy"] > runs["random_init"]["test"]["accuracy"])
+        assert verdict["beats_control"] == (runs[v]["test"]["accuracy"]["mean"]
+                                            > runs["random_init"]["test"]["accuracy"]["mean"])
     assert summary["runs"]["joint"]["test"] == runs["joint"]["test"]
+    # one claim per pretrained regime against the control, and joint against ce_fc, each with a bootstrap interval
+    claims = [(c["a"], c["b"], c["metric"]) for c in saved["claims"]]
+    assert claims == [("ce_fc", "random_init", "accuracy"), ("triplet_then_ce", "random_init", "accuracy"),
+                      ("joint", "random_init", "accuracy"), ("joint", "ce_fc", "accuracy")]
+    for c in saved["claims"]:
+        assert c["verdict"] in ("holds", "not shown", "fails") and c["n_seeds"] == 1 and "bootstrap" in c["note"]
+        assert c["diff"]["mean"] == pytest.approx(runs[c["a"]]["test"]["accuracy"]["mean"]
+                                                  - runs[c["b"]]["test"]["accuracy"]["mean"])
+    assert {v: p["verdict"] for v, p in ctrl["pretrained"].items()} == {c["a"]: c["verdict"]
+                                                                       for c in saved["claims"][:3]}
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 5
+    assert "Claims checked" in html and "joint beats random_init on accuracy" in html
     assert "margin 0.2" in html and "Euclidean distance between L2-normalised embeddings" in html
 
 
@@ -169,6 +182,34 @@ def test_joint_and_control_train_everything(tiny_run):
     assert summary["runs"]["ce_fc"]["batchnorm_while_features_train"] is None
 
 
+def test_models_load_back_from_their_checkpoints(tiny_run):
+    """RunResult.model rebuilds each regime's classifier from its final stage's checkpoint: the head stages
+    put their FC on the packaged features (ce_fc) or on the sibling triplet stage's features."""
+    _, result, exp = tiny_run
+    x = torch.randn(3, 3, 32, 32)
+    for v in VARIANTS:
+        loaded = result.model(v)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), exp.models[v].eval()(x), msg=v)
+
+
+def test_two_seeds_give_per_seed_values_and_paired_claims(tmp_path):
+    out = tmp_path / "run"
+    result = run_experiment(RunOptions(name="transfer", out=str(out), seeds=2,
+                                       overrides={**TINY, "head_epochs": 1, "variants": ("ce_fc", "random_init")}))
+    assert result.seeds == [0, 1]
+    acc = result["runs"]["ce_fc"]["test"]["accuracy"]
+    assert len(acc["per_seed"]) == 2 and len(acc["ci95"]) == 2
+    assert all(c["n_seeds"] == 2 for c in result.claims)
+    shown = [c for c in result.claims if c["a"] == "ce_fc" and c["b"] == "random_init"][0]
+    assert "paired over 2 seeds" in shown["note"] and shown["verdict"] in ("holds", "not shown", "fails")
+    missing = [c for c in result.claims if c["a"] == "joint"]
+    assert all(c["verdict"] == "not shown" and "no test accuracy" in c["note"] for c in missing)
+    assert (out / "checkpoints" / "s1" / "random_init" / "best.ckpt").exists()
+    report = (out / "report.md").read_text()
+    assert "Claims checked" in report and "2 seeds (0, 1)" in report
+
+
 # -- CIFAR-10 path ---------------------------------------------------------------------------------
 
 
@@ -186,6 +227,7 @@ def test_cifar_path_on_a_miniature_folder(mini_cifar, tmp_path):
         overrides={**TINY, "limit_train": None, "limit_val": None, "limit_test": None,
                    "variants": ("triplet_then_ce",), "classes": ("automobile", "airplane")}))
     d = summary["data"]
+    assert "description" not in d and d["image_size"] == 32
     assert d["name"] == "cifar10-binary" and d["classes"] == ["automobile", "airplane"]
     # 5 batches x 4 images per class = 20 per class; val_fraction 0.1 -> 2 per class; test batch: 4 per class
     assert (d["train"], d["val"], d["test"]) == (36, 4, 8)
@@ -215,7 +257,10 @@ def test_bad_class_name_is_one_clear_line(mini_cifar, tmp_path):
     ({"data": "cifar10-binary"}, {}, "needs --root DIR"),
     ({"data": "imagenet"}, {}, "unknown --data 'imagenet'"),
     ({"download": True}, {}, "--download applies to --data cifar10-binary"),
-    ({}, {"variants": ("ce_fc", "bogus")}, r"unknown variant\(s\) \['bogus'\]"),
+    ({}, {"variants": ("ce_fc", "bogus")}, r"invalid value for variants: 'bogus'.*expected one of ce_fc, "),
+    ({}, {"variants": ("ce_fc", "ce_fc")}, "variants lists a name twice"),
+    ({}, {"mining": "hardest"}, "invalid value for mining: 'hardest'"),
+    ({}, {"val_fraction": 1.0}, "val_fraction must be < 1"),
     ({"data": "cifar10-binary", "root": "."}, {"classes": ("cat", "cat")}, "two different CIFAR-10 classes"),
     ({}, {"batch_size": 2}, "batch_size must be >= 4"),
     ({}, {"split": (0.5, 0.5)}, "split must be three fractions"),
@@ -235,8 +280,7 @@ def test_ddp_runs_every_regime(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["runs"]) == set(VARIANTS)
-    rows = (out / "metrics.csv").read_text().strip().splitlines()
-    stages = {tuple(r.split(",")[:2]) for r in rows[1:]}
+    stages = {(r["variant"], r["stage"]) for r in RunDir(out).read_metrics()}
     assert ("triplet_then_ce", "triplet") in stages and ("joint", "train") in stages
 
 
@@ -328,4 +372,4 @@ def test_pretrained_regimes_beat_random_init_on_embedded_data(tmp_path):
     summary = run_experiment(RunOptions(name="transfer", out=str(tmp_path / "run"), demo=True))
     ctrl = summary["control"]
     assert ctrl["all_beat_control"], json.dumps(ctrl, indent=1)
-    assert all(summary["runs"][v]["test"]["accuracy"] >= 0.85 for v in ("ce_fc", "triplet_then_ce", "joint"))
+    assert all(summary["runs"][v]["test"]["accuracy"]["mean"] >= 0.85 for v in ("ce_fc", "triplet_then_ce", "joint"))

@@ -50,6 +50,7 @@ from vislab.protocol.results import VariantResult
 VARIANTS = ("vit", "small_cnn", "vit_pretrained")
 VIT_VARIANTS = ("vit", "vit_pretrained")
 DATA_NAMES = ("shapes", "cifar10")
+AUGMENTS = ("sharp", "affine", "none")
 _SPLIT_METRICS = ("loss", "accuracy", "precision", "recall", "f1")
 
 
@@ -61,9 +62,9 @@ class VitConfig(CommonConfig):
     image_size: int = param(16, ge=1)  # square side images are used at (shapes drawn at it; CIFAR-10 resized to it)
     weight_decay: float = param(0.05, ge=0)  # AdamW weight decay (not on biases, norms, class token, pos. embedding)
     patience: int = param(1000, ge=1)  # early stopping on the monitored quantity (default: off, the cosine runs out)
-    monitor: Literal["accuracy", "loss"] = param("accuracy", choices=("accuracy", "loss"))  # the tested checkpoint:
-    # highest val accuracy or lowest val loss. Accuracy: under label smoothing the val loss rose after epoch 15 of the
-    # 30-epoch default run while val accuracy kept rising (0.875 test at the loss-best epoch 15; 0.899 val at 30)
+    monitor: Literal["accuracy", "loss"] = param("accuracy", choices=("accuracy", "loss"))  # tested: best val acc./loss
+    # Accuracy: under label smoothing the val loss rose after epoch 15 of the 30-epoch default run while val accuracy
+    # kept rising (0.875 test at the loss-best epoch 15; 0.899 val accuracy at epoch 30)
     variants: tuple[str, ...] = param(("vit", "small_cnn"), choices=VARIANTS)  # vit, small_cnn, vit_pretrained
     patch_size: int = param(2, ge=1)  # ViT patch side in pixels; image_size must be a multiple
     num_layers: int = param(6, ge=1)  # ViT encoder blocks
@@ -75,10 +76,10 @@ class VitConfig(CommonConfig):
     cnn_lr: float | None = param(3e-3, gt=0)  # peak learning rate of small_cnn (None: lr)
     warmup_epochs: float = param(2.0, ge=0)  # linear warm-up length in epochs, then cosine decay to 0
     label_smoothing: float = param(0.1, ge=0, lt=1)  # cross-entropy label smoothing (every variant)
-    augment: Literal["sharp", "affine", "none"] = param("sharp", choices=("sharp", "affine", "none"))  # sharp: one
-    # of the 8 symmetries of the square (shapes; CIFAR-10: horizontal flips) and a whole-pixel shift of up to
-    # aug_pixels; affine: random rotation, shift, zoom and shear (bilinear) -- at 16 px it blurs the training images
-    # away from the sharp test ones (val accuracy after epochs 1 and 3 0.355 -> 0.320 with it, 10,000 images)
+    augment: Literal["sharp", "affine", "none"] = param("sharp", choices=AUGMENTS)  # batched training augmentation
+    # batched on tensors. sharp: one of the 8 symmetries of the square (shapes; CIFAR-10: horizontal flips) and a
+    # whole-pixel shift of up to aug_pixels; affine: random rotation, shift, zoom and shear (bilinear) -- at 16 px it
+    # blurs the training images away from the sharp test ones (val accuracy after epochs 1 and 3 0.355 -> 0.320)
     aug_pixels: int = param(2, ge=0)  # sharp augmentation: shift range ± this many pixels
     aug_rotation: float = param(10.0, ge=0)  # affine augmentation: rotation range ± degrees
     aug_shift: float = param(0.05, ge=0)  # affine augmentation: shift range ± fraction of the size

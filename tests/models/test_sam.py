@@ -385,3 +385,27 @@ def official_box_sam_from(sam):
     from vislab.models.sam import BoxPromptSam
 
     return BoxPromptSam(sam, kind="official", image_size=1024)
+
+
+@pytest.mark.cuda
+def test_prompter_on_cuda_equals_cpu():
+    """BoxPromptSam.to("cuda") moves the encoder and decoder halves; SamPrompter follows them (numpy out)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from vislab.models.sam import SamPrompter
+
+    torch.manual_seed(0)
+    model = offline_box_sam(64, encoder_size=128, pretrained=True, fine=True).eval()
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    case = dict(point_coords=np.array([[20.5, 30.5], [50.5, 10.5]]), point_labels=np.array([1, 0]),
+                box=np.array([4.0, 6.0, 50.0, 60.0]))
+    cpu = SamPrompter(model, coords="pixel")
+    cpu.set_image(image)
+    ref = cpu.predict(**case, return_logits=True)
+    gpu = SamPrompter(model.to("cuda"), coords="pixel")
+    gpu.set_image(image)
+    got = gpu.predict(**case, return_logits=True)
+    got2 = gpu.predict(**case, mask_input=got[2][:1], return_logits=True)
+    assert gpu.features.is_cuda and got2[0].shape == (3, 64, 64)
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)

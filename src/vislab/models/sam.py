@@ -618,6 +618,11 @@ class SamPrompter:
         return self.model.sam[0]
 
     @property
+    def device(self) -> torch.device:
+        """Where the decoder's weights are (``BoxPromptSam.to`` moves the halves, not the wrapped ``Sam``)."""
+        return next(self.model.decoder.mask_decoder.parameters()).device
+
+    @property
     def input_frame(self) -> int:
         """``I``: the side of the encoder's square input."""
         return int(self.model.encoder.input_size)
@@ -658,7 +663,7 @@ class SamPrompter:
 
         self.reset_image()
         h, w = int(x.shape[1]), int(x.shape[2])
-        self.features = self.model.encoder(x[None])  # (1, C, h/16', w/16')
+        self.features = self.model.encoder(x[None].to(self.device))  # (1, C, h/16', w/16')
         self.original_size = (h, w)
         self.input_size = tuple(ResizeLongestSide.get_preprocess_shape(h, w, self.input_frame))
 
@@ -672,7 +677,7 @@ class SamPrompter:
         out = xy.double() * scale
         if self.coords == "pixel":
             out = out - 0.5
-        return out.float()
+        return out.float().to(self.device)
 
     @torch.no_grad()
     def predict(self, point_coords: Any = None, point_labels: Any = None, box: Any = None, mask_input: Any = None,
@@ -705,7 +710,7 @@ class SamPrompter:
             if pc.ndim != 2 or pc.shape[-1] != 2 or pl.shape != pc.shape[:1]:
                 raise ValueError(f"point_coords must be [N, 2] and point_labels [N], got {tuple(pc.shape)} and "
                                  f"{tuple(pl.shape)}")
-            pts, labels = self.to_input_frame(pc)[None], pl[None]  # (1, N, 2), (1, N)
+            pts, labels = self.to_input_frame(pc)[None], pl[None].to(self.device)  # (1, N, 2), (1, N)
         elif point_labels is not None:
             raise ValueError("point_labels given without point_coords")
         if box is not None:
@@ -719,11 +724,11 @@ class SamPrompter:
             if m.shape != (1, side, side):
                 raise ValueError(f"mask_input must be [1, {side}, {side}] low-resolution logits (I/4 for a "
                                  f"{self.input_frame}-px encoder input), got {tuple(m.shape)}")
-            masks = m[None]  # (1, 1, L, L)
+            masks = m[None].to(self.device)  # (1, 1, L, L)
         assert self.features is not None and self.original_size is not None and self.input_size is not None
         low, iou_pred = self.model.decoder.decode_prompts(self.features, boxes=boxes, points=pts,
                                                           point_labels=labels, mask_input=masks,
                                                           multimask_output=multimask_output)  # (1, M, L, L), (1, M)
         up = self.sam.postprocess_masks(low, self.input_size, self.original_size)  # (1, M, H, W)
-        out = up[0].numpy() if return_logits else (up[0] > self.sam.mask_threshold).numpy()
-        return out, iou_pred[0].numpy(), low[0].numpy()
+        out = up[0] if return_logits else up[0] > self.sam.mask_threshold
+        return out.cpu().numpy(), iou_pred[0].cpu().numpy(), low[0].cpu().numpy()

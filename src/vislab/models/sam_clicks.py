@@ -2,7 +2,7 @@
 for training with mixed prompts.
 
 **The simulated-click protocol** (Xu et al. 2016; the version of RITM, Sofiiuk et al. 2022, ``isegm/inference/
-clicker.py``, which SAM and SAM-Med2D follow):
+clicker.py``, which SAM's interactive evaluation follows, Kirillov et al. 2023, appendix D):
 
 * click 1 is the object pixel farthest from its boundary: the maximum of the Euclidean distance transform of
   the ground-truth mask, the image border counted as boundary (the mask is zero-padded by one pixel);

@@ -14,6 +14,16 @@ the softmax distribution of query ``i`` over the keys.
   ``R`` without its own column. (jacobgil/vit-explain discards only in the first image of a batch and
   divides by ``a.sum(dim=-1)`` without ``keepdim``, which scales columns instead of rows whenever the
   rows do not already sum to 1, i.e. with max/min fusion or discarding; neither is copied here.)
+* :func:`gradient_attention` (Chefer, Gur & Wolf 2021, "Transformer Interpretability Beyond Attention
+  Visualization", https://arxiv.org/abs/2012.09838, in the gradient-weighted form of their follow-up
+  "Generic Attention-model Explainability", https://arxiv.org/abs/2103.15679, eqs. 5-6): the relevance of
+  the tokens for the class token, ``R = I`` and for each block in forward order
+  ``R ← R + mean_heads((∇A ⊙ A)⁺) · R`` with ``∇A`` the target score's gradient with respect to the
+  block's attention; the map is the class token's row without its own column. (The CVPR paper weights LRP
+  relevance instead of the raw attention; the gradient form needs no LRP rules.)
+  :func:`attention_gradients` runs the model to get the attentions and their gradients.
+* :class:`AttentionRollout` and :class:`GradientAttention` give both the CAM family's call shape,
+  ``maps, logits = METHOD(model)(images, targets=None)``, maps at the image size in [0, 1].
 * :func:`attention_overlay` and :func:`attention_pointing_game` put such a patch-grid map on the image.
 * :func:`position_embedding_similarity`: cosine similarity of the learned positional embeddings
   (ViT paper, Fig. 7).
@@ -33,7 +43,8 @@ from torch import Tensor
 
 from vislab.explain.gradcam import overlay
 
-__all__ = ["AttentionMaps", "HEAD_FUSIONS", "attention_maps", "attention_overlay", "attention_pointing_game",
+__all__ = ["AttentionMaps", "AttentionRollout", "GradientAttention", "HEAD_FUSIONS", "attention_gradients",
+           "attention_maps", "gradient_attention", "relevance_matrix", "attention_overlay", "attention_pointing_game",
            "attention_rollout", "plot_position_similarity", "position_embedding_similarity", "rollout_matrix",
            "to_grid"]
 
@@ -157,6 +168,127 @@ def attention_rollout(attentions: Sequence[Tensor] | Tensor, head_fusion: str = 
         contributes to the class token at the output (unnormalised; ``to_grid`` puts it on the grid).
     """
     return rollout_matrix(attentions, head_fusion, discard_ratio)[:, 0, 1:]  # (B, N)
+
+
+def relevance_matrix(attentions: Sequence[Tensor] | Tensor, gradients: Sequence[Tensor] | Tensor) -> Tensor:
+    """Gradient-weighted relevance ``R``: ``Tensor[B, T, T]`` (Chefer et al. 2021).
+
+    ``R = I``; for each block ``l`` in forward order, ``Ā_l = mean_heads(max(∇A_l ⊙ A_l, 0))`` and
+    ``R ← R + Ā_l · R``. ``attentions`` and ``gradients`` are one ``Tensor[B, heads, T, T]`` per block each.
+    """
+    attentions = _check_attentions(attentions)
+    gradients = _check_attentions(gradients)
+    if len(gradients) != len(attentions):
+        raise ValueError(f"need one gradient per attention: {len(attentions)} attentions, {len(gradients)} gradients")
+    for i, (a, g) in enumerate(zip(attentions, gradients)):
+        if a.shape != g.shape:
+            raise ValueError(f"gradients[{i}] has shape {tuple(g.shape)}, attentions[{i}] {tuple(a.shape)}")
+    B, _, T, _ = attentions[0].shape
+    r = torch.eye(T, dtype=attentions[0].dtype, device=attentions[0].device).expand(B, T, T)
+    for a, g in zip(attentions, gradients):
+        cam = (g * a).clamp(min=0).mean(1)  # (B, T, T): positive gradient-weighted attention, heads averaged
+        r = r + cam @ r  # (B, T, T)
+    return r
+
+
+def gradient_attention(attentions: Sequence[Tensor] | Tensor, gradients: Sequence[Tensor] | Tensor) -> Tensor:
+    """The class token's gradient-weighted relevance to each patch: ``Tensor[B, N]`` (row 0 of
+    :func:`relevance_matrix` without its own column; ``to_grid`` puts it on the patch grid)."""
+    return relevance_matrix(attentions, gradients)[:, 0, 1:]  # (B, N)
+
+
+def attention_gradients(model: torch.nn.Module, images: Tensor, targets: Tensor | Sequence[int] | None = None
+                        ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """``(logits, attentions, gradients)`` of a ViT that returns its attentions with ``need_weights=True``
+    (vislab's ``VisionTransformer``, or a wrapper passing ``need_weights`` through).
+
+    ``gradients[l] = d(sum_b logits[b, targets[b]]) / d attentions[l]`` (each image's own target, default its
+    prediction), ``Tensor[B, heads, T, T]`` per block, as the attentions. The model runs in eval mode.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            out = model(images.detach(), need_weights=True)
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise ValueError(f"{type(model).__name__}(x, need_weights=True) must return (logits, attentions)")
+            logits, attentions = out
+            attentions = _check_attentions(attentions)
+            if logits.ndim != 2:
+                raise ValueError(f"model must return logits Tensor[B, classes], got {tuple(logits.shape)}")
+            if targets is None:
+                t = logits.argmax(1)
+            else:
+                t = torch.as_tensor(targets, device=logits.device).long().view(-1)
+                if t.numel() != logits.shape[0] or int(t.min()) < 0 or int(t.max()) >= logits.shape[1]:
+                    raise ValueError(f"targets must be one class index in [0, {logits.shape[1]}) per image "
+                                     f"({logits.shape[0]}), got {t.tolist()}")
+            grads = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), attentions)
+    finally:
+        model.train(was_training)
+    return logits.detach(), [a.detach() for a in attentions], [g.detach() for g in grads]
+
+
+def _to_image(values: Tensor, size: tuple[int, int]) -> Tensor:
+    """Per-patch values ``Tensor[B, N]`` → maps ``Tensor[B, H, W]`` in [0, 1], scaled and upsampled as the
+    CAM family's (:meth:`vislab.explain._cam_base.BaseCAM.finish`)."""
+    from vislab.explain._cam_base import BaseCAM
+
+    return BaseCAM.finish(to_grid(values.float()), size)
+
+
+class _AttentionMethod:
+    uses_gradients = False
+    name = ""
+
+    def __init__(self, model: torch.nn.Module, layer: object = None, *, reshape_transform: object = None) -> None:
+        # layer and reshape_transform are accepted for the CAM family's call shape; every block is used
+        self.model = model
+        self.layer_name = "all blocks' attention"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class AttentionRollout(_AttentionMethod):
+    """Attention rollout with the CAM family's call: ``maps, logits = AttentionRollout(model)(images)``.
+
+    ``maps``: :func:`attention_rollout` on the patch grid, scaled to [0, 1] and upsampled to the image
+    size as the CAMs are (``targets`` is accepted and ignored: rollout does not depend on the class).
+    """
+
+    name = "rollout"
+
+    def __init__(self, model: torch.nn.Module, layer: object = None, *, reshape_transform: object = None,
+                 head_fusion: str = "mean", discard_ratio: float = 0.0) -> None:
+        super().__init__(model, layer, reshape_transform=reshape_transform)
+        if head_fusion not in HEAD_FUSIONS:
+            raise ValueError(f"head_fusion must be one of {', '.join(HEAD_FUSIONS)}, got {head_fusion!r}")
+        self.head_fusion = head_fusion
+        self.discard_ratio = discard_ratio
+
+    def __call__(self, images: Tensor, targets: Tensor | Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                logits, attentions = self.model(images, need_weights=True)
+        finally:
+            self.model.train(was_training)
+        roll = attention_rollout(attentions, self.head_fusion, self.discard_ratio)  # (B, N)
+        return _to_image(roll, tuple(images.shape[-2:])), logits
+
+
+class GradientAttention(_AttentionMethod):
+    """Gradient-weighted attention (Chefer et al. 2021) with the CAM family's call:
+    ``maps, logits = GradientAttention(model)(images, targets=None)``, maps at the image size in [0, 1]."""
+
+    name = "gradattention"
+    uses_gradients = True
+
+    def __call__(self, images: Tensor, targets: Tensor | Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
+        logits, attentions, grads = attention_gradients(self.model, images, targets)
+        return _to_image(gradient_attention(attentions, grads), tuple(images.shape[-2:])), logits
 
 
 def _minmax(m: Tensor) -> Tensor:

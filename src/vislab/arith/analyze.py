@@ -20,8 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from torch import nn
-
 from vislab.arith import formulas as fm
 from vislab.arith import geometry as geo
 from vislab.arith.geometry import GLOBAL, Geometry
@@ -70,20 +68,6 @@ class Analysis:
     def to_dict(self) -> dict:
         return {"source": self.source, "input_shape": list(self.input_shape), "rows": self.rows,
                 "totals": self.totals, "notes": list(self.notes)}
-
-
-def analyze(model_or_spec: str | nn.Module, input_shape: str | tuple[int, ...]) -> dict:
-    """Per-layer table and totals for a layer-spec string or an ``nn.Module`` (JSON-serialisable dict).
-
-    ``input_shape`` is ``C×H×W`` without the batch, as a tuple or a string like ``"3x224x224"``.
-    """
-    if isinstance(model_or_spec, str):
-        return analyze_spec(model_or_spec, input_shape).to_dict()
-    if isinstance(model_or_spec, nn.Module):
-        from vislab.arith.trace import trace_module
-
-        return trace_module(model_or_spec, input_shape).to_dict()
-    raise TypeError(f"analyze expects a layer-spec string or an nn.Module, got {type(model_or_spec).__name__}")
 
 
 # ----------------------------------------------------------------------------------------------

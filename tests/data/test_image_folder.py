@@ -77,3 +77,31 @@ def test_manifest_and_generated_shapes(tmp_path):
     # generation is deterministic: same seed, same pixels
     again = write_shapes_folder(tmp_path / "again", per_class=4, size=64, seed=3, corrupt=1)
     assert (root / "star" / "0002.png").read_bytes() == (again / "star" / "0002.png").read_bytes()
+
+
+def test_a_class_of_undecodable_files_is_named(tmp_path):
+    root = _folder(tmp_path, {"cats": 3})
+    (root / "dogs").mkdir()
+    for i in range(4):
+        (root / "dogs" / f"{i}.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    with pytest.raises(UserError, match=r"'dogs' has 0 \(4 file\(s\) that do not decode, e.g. dogs/0.jpg\)") as err:
+        scan_image_folder(root)
+    assert "\n" not in str(err.value)
+
+
+def test_load_rgb_reads_images_as_they_are(tmp_path):
+    """16-bit gray and EXIF-rotated files through the one reader: scaled, oriented."""
+    from vislab.data.image_folder import load_rgb
+
+    g = (np.arange(16 * 16).reshape(16, 16) % 256).astype(np.uint8)
+    Image.fromarray(g.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    Image.fromarray(g).save(tmp_path / "g8.png")
+    assert np.array_equal(load_rgb(tmp_path / "g16.png", 16).numpy(), load_rgb(tmp_path / "g8.png", 16).numpy())
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, :20] = 255  # left half white as stored; the tag rotates it by 90°: top half white as shown
+    im = Image.fromarray(stored)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "rot.jpg", exif=exif, quality=95)
+    x = load_rgb(tmp_path / "rot.jpg", 20).float().mean(0)  # (S, S)
+    assert x[:8].mean() > 200 and x[-8:].mean() < 50

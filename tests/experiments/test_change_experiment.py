@@ -12,27 +12,22 @@ import pytest
 from vislab.engine.run_dir import RunDir
 from vislab.errors import UserError
 from vislab.experiments.change_detection import METHODS, ChangeDetection
-from vislab.protocol.runner import RunOptions, run_experiment
 from vislab.metrics.registration import METRIC_KEYS
+from vislab.protocol.runner import RunOptions, run_experiment
 
 TINY = {"image_size": 64, "max_shift": 8.0, "min_shift": 2.0, "widths": (8, 8, 16, 16), "hidden": 32, "epochs": 1,
         "n_train": 48, "n_val": 16, "n_test": 16, "batch_size": 16, "examples": 2}
 
 
-def _run_with_instance(out: Path, overrides: dict, **opts) -> tuple[dict, ChangeDetection]:
-    """run_experiment through the real runner with this experiment."""
-    exp = ChangeDetection()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("vislab.protocol.runner.get_experiment", lambda name: exp)
-        summary = run_experiment(RunOptions(name="change-detection", out=str(out), overrides=overrides, **opts))
-    return summary, exp
+def _run_with_instance(out: Path, overrides: dict, **opts):
+    """run_experiment through the real runner: the RunResult."""
+    return run_experiment(RunOptions(name="change-detection", out=str(out), overrides=overrides, **opts))
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("change") / "run"
-    summary, _ = _run_with_instance(out, TINY)
-    return out, summary
+    return out, _run_with_instance(out, TINY)
 
 
 def test_run_folder_summary_and_report(tiny_run):
@@ -49,32 +44,72 @@ def test_run_folder_summary_and_report(tiny_run):
     src = d["sources"]
     assert set(src["train"]).isdisjoint(src["test"]) and set(src["val"]).isdisjoint(src["test"])
     assert len(src["train"]) + len(src["val"]) + len(src["test"]) == 16
-    assert list(saved["runs"]) == list(METHODS)
+    assert list(saved["runs"]) == ["net", "hybrid"] and list(saved["baselines"]) == ["phase", "fourier_mellin"]
+    rows = {**saved["runs"], **saved["baselines"]}
+    assert set(rows) == set(METHODS)
     per_type = {f"{k}_{t}" for k in METRIC_KEYS for t in ("none", "shift", "scale", "both")}
-    for m, r in saved["runs"].items():
-        assert set(r) >= {"params", "epochs", "train", "val", "test", "time"}, m
+    for m, r in rows.items():
+        assert set(r) >= {"params", "epochs", "train", "val", "test", "time", "method"}, m
         assert set(r["test"]) >= set(METRIC_KEYS) | per_type | {"ms_per_pair"}, m
-        assert 0.0 <= r["test"]["type_accuracy"] <= 1.0 and r["test"]["ms_per_pair"] > 0
+        assert 0.0 <= r["test"]["type_accuracy"]["mean"] <= 1.0 and r["test"]["ms_per_pair"]["mean"] > 0
         assert set(r["time"]) >= {"fit_s", "epoch_s_mean", "step_ms_mean"}
-    assert saved["runs"]["phase"]["params"] == 0 and saved["runs"]["phase"]["epochs"] == 0
-    assert saved["runs"]["net"]["params"] > 0 and saved["runs"]["net"]["epochs"] == 1
-    assert saved["runs"]["phase"]["test"]["scale_error_median_none"] == 0.0  # phase correlation says s = 1
+    assert rows["phase"]["params"] == 0 and rows["phase"]["epochs"] == 0
+    assert rows["net"]["params"] > 0 and rows["net"]["epochs"] == 1
+    assert rows["hybrid"]["params"] == rows["net"]["params"]
+    assert rows["phase"]["test"]["scale_error_median_none"]["mean"] == 0.0  # phase correlation says s = 1
+    assert rows["hybrid"]["test"]["ms_per_pair"]["mean"] > rows["net"]["test"]["ms_per_pair"]["mean"]
     # every method on the same 16 test pairs: same number of pairs per true type in every confusion matrix
-    rows = {m: np.array(cm).sum(1).tolist() for m, cm in saved["confusion"].items()}
-    assert all(v == rows["net"] for v in rows.values()) and sum(rows["net"]) == 16
-    assert rows["net"] == [4, 4, 4, 4]
+    counts = {m: np.array(cm).sum(1).tolist() for m, cm in saved["confusion"].items()}
+    assert set(counts) == set(METHODS)
+    assert all(v == counts["net"] for v in counts.values()) and sum(counts["net"]) == 16
+    assert counts["net"] == [4, 4, 4, 4]
+    assert saved["checkpoint"] == "checkpoints/net/best.ckpt" == rows["net"]["checkpoints"][0]
+    assert saved["data"]["shift_threshold_px"] == 1.0 and "s·(p − c) + c + t" in saved["data"]["convention"]
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 7
     md = (out / "report.md").read_text()
     assert "How the dataset was built" in md and "s·(p − c) + c + t" in md and "Target —" in md
     # per change type, the shared tie-aware sentence: phase correlation's exact 0 % on unchanged pairs is a
     # tie with every other method at exactly 0 %, never a win
-    zero = [m for m in METHODS if saved["runs"][m]["test"]["scale_error_median_none"] == 0.0]
+    zero = [m for m in METHODS if rows[m]["test"]["scale_error_median_none"]["mean"] == 0.0]
     line = next(ln for ln in md.splitlines() if "**none** pairs: median scale error" in ln)
     assert ("tie for best" in line) == (len(zero) > 1) and "**phase**" in line
     metrics = RunDir(out).read_metrics()
     assert metrics and {"train_loss_shift", "train_loss_scale", "train_loss_type", "val_type_accuracy",
                         "val_translation_error_median"} <= set(metrics[0])
+
+
+def test_claims_hybrid_vs_classical_and_net_type_accuracy(tiny_run):
+    out, result = tiny_run
+    claims = [(c["a"], c["b"], c["metric"], c["higher_is_better"]) for c in result.claims]
+    assert claims == [("hybrid", "phase", "translation_error_mean", False),
+                      ("hybrid", "fourier_mellin", "translation_error_mean", False),
+                      ("net", "phase", "type_accuracy", True), ("net", "fourier_mellin", "type_accuracy", True)]
+    rows = {**result["runs"], **result["baselines"]}
+    for c in result.claims:
+        assert c["n_seeds"] == 1 and "bootstrap over 16 test items" in c["note"], c
+        assert c["verdict"] in ("holds", "not shown", "fails")
+        lo, hi = c["diff"]["ci95"]
+        assert lo <= c["diff"]["mean"] <= hi
+        assert c["diff"]["mean"] == pytest.approx(rows[c["a"]]["test"][c["metric"]]["mean"]
+                                                  - rows[c["b"]]["test"][c["metric"]]["mean"])
+    md = (out / "report.md").read_text()
+    assert "Claims checked" in md and "hybrid beats phase on translation_error_mean" in md
+    # the trained network comes back from its checkpoint
+    assert result.model("net").image_size == 64
+
+
+def test_two_seeds(tmp_path):
+    out = tmp_path / "run"
+    result = _run_with_instance(out, {**TINY, "n_train": 32, "n_val": 8, "n_test": 8, "examples": 1}, seeds=2)
+    assert result.seeds == [0, 1]
+    for m in ("net", "hybrid"):
+        assert len(result["runs"][m]["test"]["type_accuracy"]["per_seed"]) == 2
+    assert len(result["baselines"]["phase"]["test"]["type_accuracy"]["per_seed"]) == 1  # computed once
+    assert all(c["n_seeds"] == 2 and "paired over 2 seeds" in c["note"] for c in result.claims)
+    assert (out / "checkpoints" / "s1" / "net" / "best.ckpt").exists()
+    md = (out / "report.md").read_text()
+    assert "Claims checked over 2 seeds" in md and "Claims checked" in md
 
 
 def test_checkpoint_rebuilds_the_network(tiny_run):
@@ -97,8 +132,8 @@ def test_data_folder(tmp_path):
         t = gaussian_filter(rng.normal(size=(160, 200)), 2.0)
         t = (t - t.min()) / (t.max() - t.min())
         Image.fromarray((t * 255).astype(np.uint8)).save(folder / f"tex{i}.png")
-    summary, _ = _run_with_instance(tmp_path / "run", {**TINY, "n_train": 16, "n_val": 8, "n_test": 8},
-                                    data=str(folder))
+    summary = _run_with_instance(tmp_path / "run", {**TINY, "n_train": 16, "n_val": 8, "n_test": 8},
+                                 data=str(folder))
     d = summary["data"]
     assert d["name"] == "image-folder" and d["test"] == 8
     assert sorted(d["sources"]["train"] + d["sources"]["val"] + d["sources"]["test"]) == [
@@ -111,7 +146,10 @@ def test_data_folder(tmp_path):
     ({}, {"image_size": 48}, "image_size must be >= 64"),
     ({}, {"max_shift": 40.0}, "max_shift must be <= image_size / 4"),
     ({}, {"min_shift": 20.0}, "min_shift < max_shift"),
-    ({}, {"max_scale": 2.5}, "max_scale <= 2"),
+    ({}, {"max_scale": 2.5}, "max_scale must be <= 2"),
+    ({}, {"schedule": "cosine"}, "invalid value for schedule: 'cosine'"),
+    ({}, {"val_fraction": 0.5, "test_fraction": 0.5}, r"val_fraction \+ test_fraction < 1"),
+    ({}, {"widths": (8, 0, 16, 16)}, "widths must be >= 1"),
     ({}, {"min_scale": 1.4}, "min_scale < max_scale"),
     ({}, {"loss_shift": 0.0, "loss_scale": 0.0, "loss_type": 0.0}, "not all 0"),
     ({}, {"arch": "siamese", "widths": (8, 8)}, "3 encoder widths"),
@@ -138,12 +176,14 @@ def test_too_few_images_in_the_data_folder(tmp_path):
 
 
 def test_demo_settings_validate():
-    exp = ChangeDetection()
-    from vislab.engine.config import apply_overrides
+    from vislab.engine.config import apply_overrides, check_constraints
+    from vislab.experiments._registry import get_experiment
 
-    for quick in (False, True):
-        exp.validate(apply_overrides(exp.Config(), exp.demo_overrides(quick)), None, None)
-    exp.validate(exp.Config(), None, None)
+    exp = get_experiment("change-detection")
+    assert isinstance(exp, ChangeDetection)
+    for cfg in (exp.Config(), *(apply_overrides(exp.Config(), exp.demo_overrides(q)) for q in (False, True))):
+        check_constraints(cfg)
+        exp.validate(cfg, None, None)
     assert exp.headline == ("type_accuracy", True)
 
 
@@ -156,12 +196,13 @@ def test_demo_settings_reach_the_demo_target_and_generalise(tmp_path):
     from test_change_cli import texture_pair
     from vislab.commands.change import change_command
 
-    summary, _ = _run_with_instance(tmp_path / "demo", {}, demo=True)
+    summary = _run_with_instance(tmp_path / "demo", {}, demo=True)
     net = summary["runs"]["net"]["test"]
-    assert net["type_accuracy"] >= 0.8, json.dumps(summary["runs"]["net"]["test"], indent=1)
+    assert net["type_accuracy"]["mean"] >= 0.8, json.dumps(summary["runs"]["net"]["test"], indent=1)
     hyb = summary["runs"]["hybrid"]["test"]
-    assert hyb["translation_error_median_both"] < summary["runs"]["phase"]["test"]["translation_error_median_both"]
-    ckpt = summary["checkpoint"]
+    assert (hyb["translation_error_median_both"]["mean"]
+            < summary["baselines"]["phase"]["test"]["translation_error_median_both"]["mean"])
+    ckpt = str(tmp_path / "demo" / summary["checkpoint"])
     right, n = 0, 0
     for i, (dx, dy, s, kind) in enumerate([(5.0, -3.0, 1.0, "shift"), (0.0, 0.0, 1.2, "scale"),
                                            (-4.0, 6.0, 0.85, "both"), (0.0, 0.0, 1.0, "none"),

@@ -30,14 +30,12 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from vislab.data.pairs import (
     CHANGE_TYPES,
@@ -52,19 +50,34 @@ from vislab.data.pairs import (
     source_levels,
     split_sources,
 )
-from vislab.engine.config import CommonConfig
+from vislab.engine.config import CommonConfig, param
 from vislab.engine.context import RunContext
-from vislab.engine.fit import fit_stage, seed_everything
-from vislab.engine.module import TaskModule, evaluate
+from vislab.engine.fit import eval_loader, fit_stage, seed_everything, train_loader
+from vislab.engine.module import evaluate
+from vislab.engine.tasks.change import ChangeTask, targets_as_truth
 from vislab.errors import UserError
 from vislab.experiments.base import Experiment
+from vislab.metrics.change_summary import moved_medians
 from vislab.metrics.registration import flat_metrics, registration_metrics
-from vislab.models.change import ARCHS, ChangeNet, augment_pairs, change_loss
+from vislab.models.change import ARCHS, ChangeNet
+from vislab.protocol.claims import Claim
+from vislab.protocol.results import VariantResult
 from vislab.report import figures
-from vislab.report.blocks import comparison_bullets, curves_figure, headline_sentence, run_footer, variants_table
+from vislab.report.blocks import comparison_bullets, metric_value
+from vislab.report.change_figures import (
+    ERROR_FLOOR,
+    confusion_figure,
+    dataset_pairs_figure,
+    error_figure,
+    examples_figure,
+    per_type_bullets,
+    sources_figure,
+    target_bullets,
+)
 from vislab.report.document import Report
 
 METHODS = ("net", "phase", "fourier_mellin", "hybrid")
+CLASSICAL = ("phase", "fourier_mellin")  # untrained baselines, computed once on the test pairs
 METHOD_TEXT = {
     "net": "the network (regression + type head)",
     "phase": "phase correlation (scale 1)",
@@ -77,88 +90,64 @@ CONVENTION = ("`img2` is `img1` scaled by `s` about the image centre `c`, then s
 
 @dataclass
 class ChangeDetectionConfig(CommonConfig):
-    epochs: int = 16  # maximum training epochs (early stopping may end sooner); 12 gave 1.93 / 2.49 px median
-    # translation error on shift / both pairs (one-cycle schedule, 8,000 pairs)
-    batch_size: int = 64  # pairs per step
-    lr: float = 2e-3  # AdamW (peak) learning rate
-    schedule: Literal["onecycle", "plateau"] = "onecycle"  # one-cycle over all epochs, or ReduceLROnPlateau
-    image_size: int = 128  # side of each image of a pair, pixels (>= 64)
-    patience: int = 4  # early stopping: epochs without val-loss improvement
-    arch: Literal["stacked", "siamese"] = "stacked"  # stacked: HomographyNet-style 2-channel input; siamese
-    widths: tuple[int, ...] = (32, 32, 64, 128)  # stacked: one width per stage; siamese: 3 encoder widths
-    hidden: int = 256  # width of the fully connected layer before the heads
-    dropout: float = 0.0  # dropout before the heads
+    epochs: int = param(16, ge=1)  # maximum training epochs (early stopping may end sooner); 12 gave 1.93 / 2.49 px
+    # median translation error on shift / both pairs (one-cycle schedule, 8,000 pairs)
+    batch_size: int = param(64, ge=2)  # pairs per step (>= 2: BatchNorm)
+    lr: float = param(2e-3, gt=0)  # AdamW (peak) learning rate
+    schedule: Literal["onecycle", "plateau"] = param("onecycle", choices=("onecycle", "plateau"))  # or plateau
+    image_size: int = param(128, ge=64)  # side of each image of a pair, pixels
+    patience: int = param(4, ge=1)  # early stopping: epochs without val-loss improvement
+    arch: Literal["stacked", "siamese"] = param("stacked", choices=ARCHS)  # stacked: 2-channel input; siamese
+    widths: tuple[int, ...] = param((32, 32, 64, 128), ge=1)  # stacked: one width per stage; siamese: 3 widths
+    hidden: int = param(256, ge=1)  # width of the fully connected layer before the heads
+    dropout: float = param(0.0, ge=0, lt=1)  # dropout before the heads
     coords: bool = False  # stacked: two coordinate channels added to the input (CoordConv)
-    max_shift: float = 16.0  # |dx|, |dy| <= max_shift px
-    min_shift: float = 4.0  # shifted pairs have |t| >= min_shift px (the type threshold is half of it)
-    max_scale: float = 1.3  # s in [1/max_scale, max_scale]
-    min_scale: float = 1.08  # scaled pairs have s >= min_scale or s <= 1/min_scale (threshold: half, in log s)
-    n_train: int = 8000  # training pairs
-    n_val: int = 800  # validation pairs (from other source images)
-    n_test: int = 1200  # test pairs (from source images used neither in training nor in validation)
-    val_fraction: float = 0.15  # share of the source images that give the validation pairs
-    test_fraction: float = 0.2  # share of the source images that give the test pairs
-    loss_shift: float = 1.0  # weight of the smooth-L1 loss on dx, dy / max_shift
-    loss_scale: float = 1.0  # weight of the smooth-L1 loss on log s / log max_scale
-    loss_type: float = 0.2  # weight of the change-type cross-entropy
+    max_shift: float = param(16.0, gt=0)  # |dx|, |dy| <= max_shift px
+    min_shift: float = param(4.0, gt=0)  # shifted pairs have |t| >= min_shift px (the type threshold is half of it)
+    max_scale: float = param(1.3, gt=1, le=2)  # s in [1/max_scale, max_scale]
+    min_scale: float = param(1.08, gt=1)  # scaled pairs have s >= min_scale or s <= 1/min_scale (threshold: half)
+    n_train: int = param(8000, ge=4)  # training pairs
+    n_val: int = param(800, ge=4)  # validation pairs (from other source images)
+    n_test: int = param(1200, ge=4)  # test pairs (from source images used neither in training nor in validation)
+    val_fraction: float = param(0.15, gt=0, lt=1)  # share of the source images that give the validation pairs
+    test_fraction: float = param(0.2, gt=0, lt=1)  # share of the source images that give the test pairs
+    loss_shift: float = param(1.0, ge=0)  # weight of the smooth-L1 loss on dx, dy / max_shift
+    loss_scale: float = param(1.0, ge=0)  # weight of the smooth-L1 loss on log s / log max_scale
+    loss_type: float = param(0.2, ge=0)  # weight of the change-type cross-entropy
     augment: bool = True  # random flips, transpose and image swap (targets transformed to match)
-    blur: float = 0.8  # photometric noise: Gaussian blur sigma up to this, px, per image
-    contrast: float = 0.2  # photometric noise: gain 1 ± this, per image
-    brightness: float = 0.08  # photometric noise: offset ± this, per image
-    noise: float = 0.02  # photometric noise: Gaussian noise sigma up to this, per image
-    hybrid_search: float = 0.05  # hybrid: the scale is refined within ± this in log s around the network's
+    blur: float = param(0.8, ge=0)  # photometric noise: Gaussian blur sigma up to this, px, per image
+    contrast: float = param(0.2, ge=0)  # photometric noise: gain 1 ± this, per image
+    brightness: float = param(0.08, ge=0)  # photometric noise: offset ± this, per image
+    noise: float = param(0.02, ge=0)  # photometric noise: Gaussian noise sigma up to this, per image
+    hybrid_search: float = param(0.05, gt=0)  # hybrid: the scale is refined within ± this in log s
     hybrid_direct: bool = True  # hybrid: polish shift and scale on the pixels (Lucas-Kanade) after phase correlation
-    upsample_factor: int = 20  # phase correlation sub-pixel precision: 1/upsample_factor px
-    examples: int = 6  # test pairs shown with estimate, warped-back image and difference
+    upsample_factor: int = param(20, ge=1)  # phase correlation sub-pixel precision: 1/upsample_factor px
+    examples: int = param(6, ge=0)  # test pairs shown with estimate, warped-back image and difference
 
 
-class ChangeTask(TaskModule):
-    """``batch = (x Tensor[B, 2, S, S], y Tensor[B, 4] = (dx, dy, log_s, type))``; the loss of
-    :func:`vislab.models.change.change_loss` (with its parts logged); epoch metrics: type accuracy (the
-    head), median translation error (px) and median scale error (%) of the regressed values."""
+@dataclass
+class _Data:
+    splits: dict[str, ChangePairs]
+    info: dict[str, Any]  # summary["data"] (+ description)
+    thumbnails: dict[str, np.ndarray] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    render_s: float = 0.0
 
-    def __init__(self, model: ChangeNet, *, loss_weights: tuple[float, float, float] = (1.0, 1.0, 0.2),
-                 augment_pairs: bool = True, shift_threshold: float = 2.0, scale_threshold: float = 0.04,
-                 schedule: str = "onecycle", **kwargs: Any) -> None:
-        super().__init__(model, **kwargs)
-        if schedule not in ("onecycle", "plateau"):
-            raise ValueError(f"schedule must be 'onecycle' or 'plateau', got {schedule!r}")
-        self.schedule = schedule
-        self.loss_weights = loss_weights
-        self.augment_pairs = augment_pairs
-        self.shift_threshold = shift_threshold
-        self.scale_threshold = scale_threshold
-
-    def compute_loss(self, batch: Any) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-        x, y = batch[0], batch[1]
-        if self.training and self.augment_pairs:
-            x, y = augment_pairs(x, y)
-        out = self.model(x)
-        w_shift, w_scale, w_type = self.loss_weights
-        losses = change_loss(self.model, out, y, shift_weight=w_shift, scale_weight=w_scale, type_weight=w_type)
-        return losses, out, y
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        """``plateau``: the engine's AdamW + ReduceLROnPlateau. ``onecycle``: AdamW with a one-cycle schedule
-        over all planned steps (warm-up for 15 %, cosine decay to ~0): far better than a constant rate when
-        the budget is a few epochs."""
-        if self.schedule == "plateau":
-            return super().configure_optimizers()
-        opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=self.lr,
-                                weight_decay=self.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=total, pct_start=0.15)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def metrics(self, outputs: Tensor, targets: Tensor) -> dict[str, float]:
-        d = self.model.decode(outputs)
-        m = registration_metrics(d, _truth(targets), shift_threshold=self.shift_threshold,
-                                 scale_threshold=self.scale_threshold, pred_types=d["type"])
-        return {k: m[k] for k in ("type_accuracy", "translation_error_median", "scale_error_median")}
+    @property
+    def truth(self) -> dict[str, Tensor]:
+        return targets_as_truth(self.splits["test"].targets)
 
 
-def _truth(targets: Tensor) -> dict[str, Tensor]:
-    return {"dx": targets[:, 0], "dy": targets[:, 1], "log_s": targets[:, 2], "type": targets[:, 3].long()}
+def thresholds(cfg: ChangeDetectionConfig) -> tuple[float, float]:
+    """``(shift px, |log s|)`` above which an estimate counts as a shift / a scaling (half the smallest change
+    the generator makes)."""
+    return cfg.min_shift / 2, math.log(cfg.min_scale) / 2
+
+
+def _pair_config(cfg: ChangeDetectionConfig) -> PairConfig:
+    return PairConfig(size=cfg.image_size, max_shift=cfg.max_shift, min_shift=cfg.min_shift, max_scale=cfg.max_scale,
+                      min_scale=cfg.min_scale, blur=cfg.blur, contrast=cfg.contrast, brightness=cfg.brightness,
+                      noise=cfg.noise)
 
 
 class ChangeDetection(Experiment):
@@ -168,6 +157,12 @@ class ChangeDetection(Experiment):
                  "different images). Convention: img2 is img1 scaled by s about the centre c, then shifted by "
                  "t = (dx, dy) px (x right, y down): p in img1 appears at s·(p − c) + c + t in img2.")
     Config = ChangeDetectionConfig
+    claims = (Claim("hybrid", "phase", "translation_error_mean"),
+              Claim("hybrid", "fourier_mellin", "translation_error_mean"),
+              Claim("net", "phase", "type_accuracy"), Claim("net", "fourier_mellin", "type_accuracy"))
+    table_metrics = ("translation_error_median", "translation_error_mean", "translation_error_p90",
+                     "scale_error_median", "scale_error_mean", "ms_per_pair")
+    curve_metrics = ("loss", "type_accuracy", "translation_error_median", "scale_error_median")
 
     def demo_overrides(self, quick: bool) -> dict[str, Any]:
         # 64-px pairs (max shift 8 px, smallest changes 3 px and 10 %), the small stacked network, 7 epochs of
@@ -180,48 +175,28 @@ class ChangeDetection(Experiment):
             return {**small, "epochs": 1, "n_train": 384, "n_val": 64, "n_test": 96, "examples": 2}
         return {**small, "epochs": 7, "n_train": 3000, "n_val": 256, "n_test": 384}
 
-    # -- checks -----------------------------------------------------------------------------------
     def validate(self, cfg: ChangeDetectionConfig, data: str | None, root: str | None) -> None:
         if root is not None:
             raise UserError("change-detection takes no --root; pass a folder of images with --data DIR")
-        if cfg.image_size < 64:
-            raise UserError(f"image_size must be >= 64 for change detection, got {cfg.image_size}")
-        if cfg.arch not in ARCHS:
-            raise UserError(f"arch must be one of {', '.join(ARCHS)}, got {cfg.arch!r}")
-        if not 0 < cfg.min_shift < cfg.max_shift:
+        if not cfg.min_shift < cfg.max_shift:
             raise UserError(f"need 0 < min_shift < max_shift, got min_shift={cfg.min_shift:g}, "
                             f"max_shift={cfg.max_shift:g}")
         if cfg.max_shift > cfg.image_size / 4:
             raise UserError(f"max_shift must be <= image_size / 4 = {cfg.image_size / 4:g} px, got {cfg.max_shift:g}")
-        if not 1 < cfg.min_scale < cfg.max_scale <= 2:
+        if not cfg.min_scale < cfg.max_scale:
             raise UserError(f"need 1 < min_scale < max_scale <= 2, got min_scale={cfg.min_scale:g}, "
                             f"max_scale={cfg.max_scale:g}")
         if cfg.arch == "stacked" and not (1 <= len(cfg.widths) and cfg.image_size // 2 ** len(cfg.widths) >= 1):
             raise UserError(f"widths: the stacked network needs 1 to log2(image_size) stages, got {cfg.widths}")
         if cfg.arch == "siamese" and len(cfg.widths) != 3:
             raise UserError(f"widths: the siamese network takes 3 encoder widths, got {cfg.widths}")
-        if any(w < 1 for w in cfg.widths):
-            raise UserError(f"widths must be positive, got {cfg.widths}")
-        for key in ("n_train", "n_val", "n_test"):
-            if getattr(cfg, key) < 4:
-                raise UserError(f"{key} must be >= 4, got {getattr(cfg, key)}")
-        if cfg.batch_size < 2:
-            raise UserError(f"batch_size must be >= 2 (BatchNorm), got {cfg.batch_size}")
-        weights = (cfg.loss_shift, cfg.loss_scale, cfg.loss_type)
-        if min(weights) < 0 or max(weights) == 0:
+        if max(cfg.loss_shift, cfg.loss_scale, cfg.loss_type) == 0:
             raise UserError(f"loss weights must be >= 0 and not all 0, got loss_shift={cfg.loss_shift:g}, "
                             f"loss_scale={cfg.loss_scale:g}, loss_type={cfg.loss_type:g}")
-        if not (0 < cfg.val_fraction < 1 and 0 < cfg.test_fraction < 1 and cfg.val_fraction + cfg.test_fraction < 1):
-            raise UserError(f"need 0 < val_fraction, test_fraction and val_fraction + test_fraction < 1, got "
-                            f"{cfg.val_fraction:g}, {cfg.test_fraction:g}")
-        if not 0 <= cfg.dropout < 1:
-            raise UserError(f"dropout must be in [0, 1), got {cfg.dropout}")
-        if cfg.hybrid_search <= 0:
-            raise UserError(f"hybrid_search must be > 0, got {cfg.hybrid_search}")
-        if cfg.upsample_factor < 1:
-            raise UserError(f"upsample_factor must be >= 1, got {cfg.upsample_factor}")
+        if cfg.val_fraction + cfg.test_fraction >= 1:
+            raise UserError(f"need val_fraction + test_fraction < 1, got {cfg.val_fraction:g} + {cfg.test_fraction:g}")
         try:
-            self._pair_config(cfg).check()
+            _pair_config(cfg).check()
         except ValueError as exc:
             raise UserError(str(exc)) from None
         if data is not None:
@@ -235,21 +210,9 @@ class ChangeDetection(Experiment):
                 raise UserError(f"--data {path} holds {n} image file(s); change detection needs at least "
                                 f"{MIN_SOURCES} (disjoint source images for train, val and test)")
 
-    @staticmethod
-    def _pair_config(cfg: ChangeDetectionConfig) -> PairConfig:
-        return PairConfig(size=cfg.image_size, max_shift=cfg.max_shift, min_shift=cfg.min_shift,
-                          max_scale=cfg.max_scale, min_scale=cfg.min_scale, blur=cfg.blur, contrast=cfg.contrast,
-                          brightness=cfg.brightness, noise=cfg.noise)
-
-    @staticmethod
-    def thresholds(cfg: ChangeDetectionConfig) -> tuple[float, float]:
-        """``(shift px, |log s|)`` above which an estimate counts as a shift / a scaling."""
-        return cfg.min_shift / 2, math.log(cfg.min_scale) / 2
-
-    # -- data -------------------------------------------------------------------------------------
-    def _data(self, ctx: RunContext) -> tuple[dict[str, ChangePairs], dict[str, Any]]:
+    def load_data(self, ctx: RunContext) -> _Data:
         cfg: ChangeDetectionConfig = ctx.cfg
-        pcfg = self._pair_config(cfg)
+        pcfg = _pair_config(cfg)
         t0 = time.perf_counter()
         skipped: list[tuple[str, str]] = []
         if ctx.data is None:
@@ -270,59 +233,23 @@ class ChangeDetection(Experiment):
             ds[split] = ChangePairs(make_pairs(srcs, sizes[split], seed=cfg.seed, cfg=pcfg, split=split,
                                                levels=levels))
             names[split] = [s.name for s in srcs]
-        info = {"name": name, "description": description, "sources": names, "skipped": skipped,
-                "thumbnails": {s.name: s.image for s in sources}, "render_s": time.perf_counter() - t0}
-        ctx.log(f"data: {name}: {len(sources)} source images (train {len(names['train'])}, val {len(names['val'])}, "
-                f"test {len(names['test'])}); pairs train {len(ds['train'])}, val {len(ds['val'])}, test "
-                f"{len(ds['test'])}, rendered in {info['render_s']:.1f} s")
-        return ds, info
+        shift_thr, scale_thr = thresholds(cfg)
+        info = {"name": name, **{k: len(v) for k, v in ds.items()}, "sources": names, "image_size": cfg.image_size,
+                "change_types": list(CHANGE_TYPES), "shift_threshold_px": shift_thr, "scale_threshold_log": scale_thr,
+                "convention": CONVENTION.replace("`", ""), "description": description}
+        data = _Data(ds, info, {s.name: s.image for s in sources}, skipped, time.perf_counter() - t0)
+        ctx.log(f"data: {len(sources)} source images (train {len(names['train'])}, val {len(names['val'])}, test "
+                f"{len(names['test'])}), pairs rendered in {data.render_s:.1f} s")
+        return data
 
-    # -- run --------------------------------------------------------------------------------------
-    def run(self, ctx: RunContext) -> dict[str, Any]:
+    # -- the network, the classical baselines, the hybrid ---------------------------------------------
+    def variants(self, cfg: ChangeDetectionConfig) -> list[str]:
+        return ["net"]
+
+    def run_variant(self, ctx: RunContext, data: _Data, variant: str) -> VariantResult:
         cfg: ChangeDetectionConfig = ctx.cfg
         seed_everything(cfg.seed)
-        ds, info = self._data(ctx)
-        shift_thr, scale_thr = self.thresholds(cfg)
-        net_run, net, test_out = self._train_net(ctx, ds, shift_thr, scale_thr)
-        test = ds["test"]
-        truth = _truth(test.targets)
-        estimates, ms = self._classical(ctx, test, net, test_out)
-        ms["net"] = net_run.pop("_ms_per_pair")
-        ms["hybrid"] += ms["net"]  # the hybrid runs the network first
-        per_method: dict[str, dict[str, Any]] = {}
-        for m in METHODS:
-            pred_types = estimates[m].get("type")
-            per_method[m] = registration_metrics(estimates[m], truth, shift_threshold=shift_thr,
-                                                 scale_threshold=scale_thr, pred_types=pred_types)
-        runs: dict[str, Any] = {}
-        for m in METHODS:
-            t_moved, s_moved = moved_medians(per_method[m], truth["type"])
-            test_metrics = {**flat_metrics(per_method[m]), "translation_error_median_shifted": t_moved,
-                            "scale_error_median_scaled": s_moved, "ms_per_pair": ms[m]}
-            if m == "net":
-                runs[m] = {**net_run, "test": test_metrics}
-            else:
-                runs[m] = {"params": 0 if m != "hybrid" else net_run["params"], "epochs": 0 if m != "hybrid"
-                           else net_run["epochs"], "train": {}, "val": {}, "test": test_metrics,
-                           "time": {"fit_s": 0.0 if m != "hybrid" else net_run["time"]["fit_s"],
-                                    "epoch_s_mean": 0.0, "step_ms_mean": 0.0}, "method": METHOD_TEXT[m]}
-        runs["net"]["method"] = METHOD_TEXT["net"]
-        summary = {"experiment": self.name,
-                   "data": {"name": info["name"], "train": len(ds["train"]), "val": len(ds["val"]),
-                            "test": len(test), "sources": info["sources"], "image_size": cfg.image_size,
-                            "change_types": list(CHANGE_TYPES), "shift_threshold_px": shift_thr,
-                            "scale_threshold_log": scale_thr, "convention": CONVENTION.replace("`", "")},
-                   "runs": runs,
-                   "confusion": {m: per_method[m]["confusion"].tolist() for m in METHODS},
-                   "checkpoint": net_run.get("checkpoint")}
-        if ctx.is_main:
-            self._report(ctx, summary, ds, info, per_method, estimates)
-        return summary
-
-    def _train_net(self, ctx: RunContext, ds: dict[str, ChangePairs], shift_thr: float,
-                   scale_thr: float) -> tuple[dict[str, Any], ChangeNet, Tensor]:
-        cfg: ChangeDetectionConfig = ctx.cfg
-        seed_everything(cfg.seed)
+        shift_thr, scale_thr = thresholds(cfg)
         net = ChangeNet(image_size=cfg.image_size, max_shift=cfg.max_shift, max_scale=cfg.max_scale, arch=cfg.arch,
                         widths=cfg.widths, hidden=cfg.hidden, dropout=cfg.dropout, coords=cfg.coords)
         meta = {"task": "change-detection", "model": net.config(), "image_size": cfg.image_size,
@@ -333,79 +260,105 @@ class ChangeDetection(Experiment):
                             augment_pairs=cfg.augment, shift_threshold=shift_thr, scale_threshold=scale_thr,
                             schedule=cfg.schedule, lr=cfg.lr, weight_decay=cfg.weight_decay,
                             lr_patience=cfg.lr_patience, lr_factor=cfg.lr_factor, meta=meta)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        loaders = {k: DataLoader(ds[k], batch_size=cfg.batch_size, shuffle=(k == "train"), generator=gen,
-                                 num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
-                                 drop_last=(k == "train" and len(ds[k]) > cfg.batch_size)) for k in ds}
-        stage = fit_stage(ctx, module, loaders["train"], loaders["val"], variant="net")
+        train = data.splits["train"]
+        loaders = {k: eval_loader(data.splits[k], batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+                   for k in ("val", "test")}
+        stage = fit_stage(ctx, module, train_loader(train, batch_size=cfg.batch_size, seed=cfg.seed,
+                                                    num_workers=cfg.num_workers, drop_last=len(train) > cfg.batch_size),
+                          loaders["val"], variant=variant)
         net = module.model.cpu().eval()
         val = evaluate(module, loaders["val"], desc="net: val")
         t0 = time.perf_counter()
         test = evaluate(module, loaders["test"], desc="net: test")
-        ms_per_pair = (time.perf_counter() - t0) * 1000 / max(len(ds["test"]), 1)
-        rows = [r for r in ctx.run.read_metrics() if r.get("variant") == "net" and r.get("stage") == "train"]
-        best = next((r for r in rows if r["epoch"] == stage.best_epoch), rows[-1] if rows else {})
-        train = {k[len("train_"):]: v for k, v in best.items() if k.startswith("train_")}
-        run = {"params": int(sum(p.numel() for p in net.parameters())), "epochs": stage.epochs,
-               "best_epoch": stage.best_epoch, "train": train, "val": {k: float(v) for k, v in val.metrics.items()},
-               "time": dict(stage.time), "arch": cfg.arch, "checkpoint": stage.best_checkpoint,
-               "_ms_per_pair": ms_per_pair}
-        return run, net, test.outputs
+        ms = (time.perf_counter() - t0) * 1000 / max(len(data.splits["test"]), 1)
+        raw = net.decode(test.outputs)
+        est = {k: raw[k].numpy() for k in ("dx", "dy", "log_s", "type")}
+        return self._result(cfg, data, variant, est, ms, params=int(sum(p.numel() for p in net.parameters())),
+                            epochs=stage.epochs, train=dict(stage.train), time=dict(stage.time),
+                            val={k: float(v) for k, v in val.metrics.items()}, checkpoint=stage.best_checkpoint,
+                            extra={"best_epoch": stage.best_epoch, "arch": cfg.arch},
+                            state={"model": net, "scale_prior": raw["scale"].numpy()})
 
-    def _classical(self, ctx: RunContext, test: ChangePairs, net: ChangeNet,
-                   test_out: Tensor) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
-        """Estimates of every method on the test pairs (``{"dx", "dy", "log_s"[, "type"]}`` arrays) and the
-        ms per pair of the classical parts (BLAS limited to one thread: these are small FFTs and products)."""
-        from threadpoolctl import threadpool_limits
+    def _result(self, cfg: ChangeDetectionConfig, data: _Data, method: str, est: dict[str, np.ndarray], ms: float,
+                *, extra: dict[str, Any] | None = None, state: dict[str, Any] | None = None,
+                **kw: Any) -> VariantResult:
+        """One method's row: every metric of its estimates on the test pairs, per-pair translation errors and
+        type hits for the one-seed bootstrap of the claims."""
+        shift_thr, scale_thr = thresholds(cfg)
+        truth = data.truth
+        m = registration_metrics(est, truth, shift_threshold=shift_thr, scale_threshold=scale_thr,
+                                 pred_types=est.get("type"))
+        t_moved, s_moved = moved_medians(m, truth["type"])
+        test = {**flat_metrics(m), "translation_error_median_shifted": t_moved, "scale_error_median_scaled": s_moved,
+                "ms_per_pair": ms}
+        hits = (np.asarray(m["pred_types"]) == truth["type"].numpy()).astype(np.float64)
+        kw.setdefault("time", {"fit_s": 0.0, "epoch_s_mean": 0.0, "step_ms_mean": 0.0})
+        return VariantResult(variant=method, seed=None if method in CLASSICAL else cfg.seed, test=test,
+                             items={"translation_error_mean": m["translation_errors"], "type_accuracy": hits},
+                             extra={"method": METHOD_TEXT[method], **(extra or {})},
+                             state={"metrics": m, "estimates": est, **(state or {})}, **kw)
 
-        from vislab.ops.registration import fourier_mellin, hybrid, phase_correlation
+    def baselines(self, ctx: RunContext, data: _Data) -> dict[str, VariantResult]:
+        """Phase correlation and Fourier–Mellin on the test pairs: untrained, computed once."""
+        from vislab.ops.registration import fourier_mellin, phase_correlation
+
+        uf = ctx.cfg.upsample_factor
+        out = {}
+        for m, fn in (("phase", phase_correlation), ("fourier_mellin", fourier_mellin)):
+            est, ms = _register(data.splits["test"], lambda a, b, i, fn=fn: fn(a, b, upsample_factor=uf))
+            ctx.log(f"test: {m} {ms:.2f} ms/pair")
+            out[m] = self._result(ctx.cfg, data, m, est, ms, params=0, epochs=0)
+        return out
+
+    def after_seed(self, ctx: RunContext, data: _Data, results: dict[str, VariantResult]) -> dict[str, VariantResult]:
+        """The hybrid of this seed: the trained network's scale, refined on the log-polar spectra, then phase
+        correlation (and Lucas–Kanade); its time includes the network's."""
+        from vislab.ops.registration import hybrid
 
         cfg: ChangeDetectionConfig = ctx.cfg
-        shift_thr, scale_thr = self.thresholds(cfg)
-        raw = net.decode(test_out)
-        est: dict[str, dict[str, Any]] = {"net": {"dx": raw["dx"].numpy(), "dy": raw["dy"].numpy(),
-                                                 "log_s": raw["log_s"].numpy(), "type": raw["type"].numpy()}}
-        n = len(test)
-        cols = {m: np.zeros((n, 3)) for m in ("phase", "fourier_mellin", "hybrid")}
-        secs = dict.fromkeys(cols, 0.0)
-        uf = cfg.upsample_factor
-        prior = raw["scale"].numpy()
-        with threadpool_limits(limits=1, user_api="blas"):
-            for i in range(n):
-                a = test.pairs.images[i, 0].numpy()
-                b = test.pairs.images[i, 1].numpy()
-                for m in cols:
-                    t0 = time.perf_counter()
-                    if m == "phase":
-                        r = phase_correlation(a, b, upsample_factor=uf)
-                    elif m == "fourier_mellin":
-                        r = fourier_mellin(a, b, upsample_factor=uf)
-                    else:
-                        r = hybrid(a, b, scale=float(prior[i]), search=cfg.hybrid_search, scale_threshold=scale_thr,
-                                   shift_threshold=shift_thr, direct=cfg.hybrid_direct, upsample_factor=uf)
-                    secs[m] += time.perf_counter() - t0
-                    cols[m][i] = (r.dx, r.dy, r.log_scale)
-        for m, c in cols.items():
-            est[m] = {"dx": c[:, 0], "dy": c[:, 1], "log_s": c[:, 2]}
-        ms = {m: secs[m] * 1000 / max(n, 1) for m in cols}
-        ctx.log("test: " + ", ".join(f"{m} {v:.2f} ms/pair" for m, v in ms.items()))
-        return est, ms
+        net = results.get("net")
+        if net is None:
+            return {}
+        shift_thr, scale_thr = thresholds(cfg)
+        prior = net.state["scale_prior"]
+        est, ms = _register(data.splits["test"], lambda a, b, i: hybrid(
+            a, b, scale=float(prior[i]), search=cfg.hybrid_search, scale_threshold=scale_thr,
+            shift_threshold=shift_thr, direct=cfg.hybrid_direct, upsample_factor=cfg.upsample_factor))
+        ctx.log(f"test: hybrid {ms:.2f} ms/pair (+ the network's {net.test['ms_per_pair']:.2f})")
+        return {"hybrid": self._result(cfg, data, "hybrid", est, ms + net.test["ms_per_pair"], params=net.params,
+                                       epochs=net.epochs, time={"fit_s": net.time.get("fit_s", 0.0),
+                                                                "epoch_s_mean": 0.0, "step_ms_mean": 0.0})}
 
-    # -- report -----------------------------------------------------------------------------------
-    def _report(self, ctx: RunContext, summary: dict[str, Any], ds: dict[str, ChangePairs], info: dict[str, Any],
-                per_method: dict[str, dict[str, Any]], estimates: dict[str, dict[str, Any]]) -> None:
+    def load_model(self, checkpoint: Any) -> Any:
+        from vislab.commands.change import load_change_net
+
+        return load_change_net(checkpoint)[0]
+
+    # -- summary and report --------------------------------------------------------------------------
+    def summary_extra(self, ctx: RunContext, data: _Data, result: Any) -> dict[str, Any]:
+        per_method = _per_method(result)
+        net = result.variants[result.seeds[0]].get("net")
+        return {"confusion": {m: r["confusion"].tolist() for m, r in per_method.items()},
+                "checkpoint": net.checkpoint if net else None}
+
+    def describe(self, ctx: RunContext, data: _Data) -> str:
         cfg: ChangeDetectionConfig = ctx.cfg
-        run = ctx.run
-        runs = summary["runs"]
-        shift_thr, scale_thr = self.thresholds(cfg)
-        rep = Report(f"change-detection — {info['name']}")
-        rep.text(f"**Convention.** {CONVENTION} Change types: none, shift, scale, both.")
-        rep.text(headline_sentence(runs, self.headline))
+        shift_thr, scale_thr = thresholds(cfg)
+        return (f"**Convention.** {CONVENTION} Change types: none, shift, scale, both. Methods on the same "
+                f"{data.info['test']} held-out test pairs: " + "; ".join(f"`{m}`: {t}" for m, t in METHOD_TEXT.items())
+                + f". Network: {cfg.arch}, up to {cfg.epochs} epochs ({cfg.schedule} schedule, lr {cfg.lr:g}, batch "
+                f"{cfg.batch_size}). Translation error in px (‖t̂ − t‖), scale error in % (|ŝ/s − 1|·100). Type: the "
+                f"network's head; the others: a shift when |t̂| ≥ {shift_thr:g} px, a scaling when |log ŝ| ≥ "
+                f"{scale_thr:.4f} (|ŝ − 1| ≈ {math.expm1(scale_thr) * 100:.1f} %). ms per pair on CPU; the hybrid's "
+                "includes the network's. The classical methods are untrained: computed once, they pair with every "
+                "seed in the claims.")
 
+    def report(self, ctx: RunContext, rep: Report, result: Any, data: _Data) -> None:
+        cfg, run = ctx.cfg, ctx.run
+        ds, src = data.splits, data.info["sources"]
         rep.heading("How the dataset was built")
-        src = info["sources"]
         rep.bullets([
-            f"**Sources:** {info['description']}; split by source image (seed {cfg.seed}): train "
+            f"**Sources:** {data.info['description']}; split by source image (seed {cfg.seed}): train "
             f"{', '.join(src['train'])}; val {', '.join(src['val'])}; test {', '.join(src['test'])}. Test pairs "
             "come from images the network never saw.",
             f"**Resolutions:** every source in grayscale at short sides {', '.join(f'{z:g}' for z in PairConfig.zooms)}"
@@ -421,294 +374,75 @@ class ChangeDetection(Experiment):
             f"**Photometric noise, per image:** blur σ ≤ {cfg.blur:g} px, gain 1 ± {cfg.contrast:g}, offset "
             f"± {cfg.brightness:g}, Gaussian noise σ ≤ {cfg.noise:g} (images in [0, 1]).",
             f"**Pairs:** train {len(ds['train'])}, val {len(ds['val'])}, test {len(ds['test'])}; rendered once as "
-            f"tensors in {info['render_s']:.1f} s, deterministic per seed."
-            + (f" Unreadable files skipped: {', '.join(p for p, _ in info['skipped'])}." if info["skipped"] else ""),
+            f"tensors in {data.render_s:.1f} s, deterministic per seed."
+            + (f" Unreadable files skipped: {', '.join(p for p, _ in data.skipped)}." if data.skipped else ""),
         ])
-        thumbs = [_thumb(info["thumbnails"][n]) for split in ("train", "val", "test") for n in src[split]]
-        titles = [f"{split}: {n}" for split in ("train", "val", "test") for n in src[split]]
-        colors = [{"train": "black", "val": "tab:blue", "test": "tab:red"}[t.split(":")[0]] for t in titles]
-        rep.figure(mosaic(thumbs, run.figure("dataset_sources.png"), titles=titles, ncols=8, cell=120,
-                          title_colors=colors),
-                   "The source images and the split they belong to.")
-        self._dataset_pairs_figure(rep, run, ds["train"])
+        sources_figure(rep, run, data.thumbnails, src)
+        dataset_pairs_figure(rep, run, ds["train"])
+        self._results_sections(ctx, rep, result, data)
 
-        rep.heading("Results on the held-out test pairs")
-        variants_table(rep, runs, ["type_accuracy", "translation_error_median", "translation_error_mean",
-                                   "translation_error_p90", "scale_error_median", "scale_error_mean",
-                                   "ms_per_pair"], time=False,
-                       caption="Translation error in px (‖t̂ − t‖), scale error in % (|ŝ/s − 1|·100), over all "
-                               f"{len(ds['test'])} test pairs. Type: the network's head; the others: a shift when "
-                               f"|t̂| ≥ {shift_thr:g} px, a scaling when |log ŝ| ≥ {scale_thr:.4f} "
-                               f"(|ŝ − 1| ≈ {math.expm1(scale_thr) * 100:.1f} %). ms per pair on CPU; the hybrid's "
-                               "includes the network's.")
+    def _results_sections(self, ctx: RunContext, rep: Report, result: Any, data: _Data) -> None:
+        run, seed = ctx.run, result.seeds[0]
+        per_method = _per_method(result)
+        rows = {**result.summary["runs"], **result.summary["baselines"]}
+        rows = {m: rows[m] for m in METHODS if m in rows}
+        rep.heading("Results per change type")
         header = ["method", "change type", "pairs", "type acc", "trans med px", "trans mean px", "trans p90 px",
                   "scale med %", "scale mean %"]
         table = []
-        for m in METHODS:
+        for m in per_method:
             for name, sub in per_method[m]["per_type"].items():
                 table.append([m, name, sub["n"], sub["type_accuracy"], sub["translation_error_median"],
                               sub["translation_error_mean"], sub["translation_error_p90"], sub["scale_error_median"],
                               sub["scale_error_mean"]])
-        rep.table(header, table, caption="Split by the true change type.")
+        rep.table(header, table, caption=f"Split by the true change type; seed {seed}.")
         rep.heading("What the numbers say")
-        rep.bullets(comparison_bullets(runs, {"type_accuracy": True, "translation_error_median": False,
+        rep.bullets(comparison_bullets(rows, {"type_accuracy": True, "translation_error_median": False,
                                               "translation_error_mean": False, "scale_error_median": False,
                                               "scale_error_mean": False, "ms_per_pair": False})
-                    + _per_type_bullets(per_method) + _target_bullets(per_method, _truth(ds["test"].targets)["type"]))
-        rep.heading("Training")
-        rows = [r for r in run.read_metrics() if r.get("variant") == "net"]
-        curves_figure(rep, rows, ["loss", "type_accuracy", "translation_error_median", "scale_error_median"],
-                      run.figure("curves.png"),
-                      f"Network ({cfg.arch}, {runs['net']['params']:,} parameters): loss, type accuracy (head) and "
-                      "median errors of the regressed values per epoch; train solid (augmented pairs, weights "
-                      "changing), val dashed.")
+                    + per_type_bullets(per_method) + target_bullets(per_method, data.truth["type"]))
         rep.heading("Error against the size of the change")
-        rep.figure(_error_figure(per_method, _truth(ds["test"].targets), run.figure("error_vs_change.png")),
-                   "Median error per bin of the true change (each method on the same test pairs): translation error "
-                   "against |t| (shifted pairs), translation error against s, scale error against s (all pairs). "
-                   f"Log axes: a median below {_ERROR_FLOOR:g} (an exact 0 when a method reports no shift or "
-                   f"s = 1) is drawn at {_ERROR_FLOOR:g}.")
+        rep.figure(error_figure(per_method, data.truth, run.figure("error_vs_change.png")),
+                   f"Median error per bin of the true change (each method on the same test pairs; seed {seed}): "
+                   "translation error against |t| (shifted pairs), translation error against s, scale error against "
+                   f"s (all pairs). Log axes: a median below {ERROR_FLOOR:g} (an exact 0 when a method reports no "
+                   f"shift or s = 1) is drawn at {ERROR_FLOOR:g}.")
         rep.heading("Change types")
-        rep.figure(_confusion_figure(per_method, run.figure("confusion.png")),
+        rep.figure(confusion_figure(per_method, run.figure("confusion.png")),
                    "Confusion matrices of the change type (rows: true, columns: predicted).")
-        rep.heading("Examples")
-        self._examples_figure(rep, run, ds["test"], estimates, cfg.examples)
-        rep.figure(figures.plot_bars({m: runs[m]["test"]["ms_per_pair"] for m in METHODS}, run.figure("time.png"),
-                                     ylabel="ms per pair", title="time per test pair (CPU)", fmt="{:.2f}"),
+        if "net" in per_method and "hybrid" in per_method:
+            rep.heading("Examples")
+            estimates = {m: r.state["estimates"] for m, r in _method_results(result).items()}
+            examples_figure(rep, run, data.splits["test"], estimates, ctx.cfg.examples)
+        rep.figure(figures.plot_bars({m: metric_value(r, "test", "ms_per_pair") for m, r in rows.items()},
+                                     run.figure("time.png"), ylabel="ms per pair", title="time per test pair (CPU)",
+                                     fmt="{:.2f}"),
                    "Time per pair: the network batched, the classical methods one pair at a time "
                    "(scikit-image/SciPy, BLAS on one thread); the hybrid = network + its log-polar refinement + phase "
                    "correlation + Lucas–Kanade.")
-        run_footer(rep, run, cfg.seed)
-        rep.write(run.path)
-
-    def _dataset_pairs_figure(self, rep: Report, run: Any, train: ChangePairs) -> None:
-        p = train.pairs
-        images, titles = [], []
-        for k, name in enumerate(CHANGE_TYPES):
-            idx = (p.type == k).nonzero().flatten()[:2].tolist()
-            for i in idx:
-                images += [p.images[i, 0].numpy(), p.images[i, 1].numpy()]
-                titles += [f"{name}: img1 ({p.source_names[int(p.source[i])][:14]})",
-                           f"img2: {_change_text(float(p.dx[i]), float(p.dy[i]), float(p.log_s[i]))}"]
-        rep.figure(mosaic(images, run.figure("dataset_pairs.png"), titles=titles, ncols=4, cell=150),
-                   "Training pairs, two of each change type, with the change that made img2 (after the "
-                   "photometric noise).")
-
-    def _examples_figure(self, rep: Report, run: Any, test: ChangePairs, estimates: dict[str, dict[str, Any]],
-                         n_examples: int) -> None:
-        from vislab.ops.registration import Registration, warp_back
-
-        p = test.pairs
-        n_per = max(1, math.ceil(n_examples / len(CHANGE_TYPES)))
-        chosen = []
-        for k in (3, 2, 1, 0):
-            chosen += (p.type == k).nonzero().flatten()[:n_per].tolist()
-        chosen = chosen[:n_examples]
-        images, titles = [], []
-        for i in chosen:
-            a, b = p.images[i, 0].numpy(), p.images[i, 1].numpy()
-            h = estimates["hybrid"]
-            reg = Registration(float(h["dx"][i]), float(h["dy"][i]), float(math.exp(h["log_s"][i])))
-            back, valid = warp_back(b, reg)
-            diff0 = np.abs(b - a)
-            diff = np.where(valid, np.abs(back - a), 0.0)
-            nt = estimates["net"]
-            images += [a, b, np.where(valid, back, 0.0), diff0, diff]
-            titles += [f"img1 · true {_change_text(float(p.dx[i]), float(p.dy[i]), float(p.log_s[i]))}",
-                       f"img2 · net {_change_text(float(nt['dx'][i]), float(nt['dy'][i]), float(nt['log_s'][i]))}",
-                       f"back · hybrid {_change_text(reg.dx, reg.dy, math.log(reg.scale))}",
-                       f"|img2 − img1|, mean {diff0.mean():.3f}",
-                       f"|back − img1|, mean {diff[valid].mean() if valid.any() else 0:.3f}"]
-        rep.figure(mosaic(images, run.figure("examples.png"), titles=titles, ncols=5, cell=200),
-                   "Test pairs: img1 (with the true change), img2 (with the network's estimate), img2 mapped back "
-                   "into img1's frame with the hybrid's estimate (\"back\"; black: outside img2), and the absolute "
-                   "differences before and after.")
 
 
-_ERROR_FLOOR = 1e-3  # log-axis floor of the error-vs-change figure
+def _method_results(result: Any) -> dict[str, VariantResult]:
+    """The first seed's network and hybrid and the classical baselines, in :data:`METHODS` order."""
+    rows = {**getattr(result, "baseline_results", {}), **result.variants[result.seeds[0]]}
+    return {m: rows[m] for m in METHODS if m in rows}
 
 
-def _change_text(dx: float, dy: float, log_s: float) -> str:
-    return f"t=({dx:+.1f}, {dy:+.1f}) s={math.exp(log_s):.3f}"
+def _per_method(result: Any) -> dict[str, dict[str, Any]]:
+    return {m: r.state["metrics"] for m, r in _method_results(result).items()}
 
 
-def _thumb(img: np.ndarray, side: int = 160) -> np.ndarray:
-    from skimage.transform import resize
+def _register(test: ChangePairs, fn: Any) -> tuple[dict[str, np.ndarray], float]:
+    """``fn(img1, img2, i) -> Registration`` on every test pair: the estimates ``{"dx", "dy", "log_s"}`` and the
+    ms per pair (BLAS limited to one thread: these are small FFTs and products)."""
+    from threadpoolctl import threadpool_limits
 
-    h, w = img.shape
-    f = side / max(h, w)
-    return resize(img, (max(1, round(h * f)), max(1, round(w * f))), anti_aliasing=True)
-
-
-def _per_type_bullets(per_method: dict[str, dict[str, Any]]) -> list[str]:
-    """Per change type, the lowest median translation and scale errors, through the shared tie-aware
-    comparison (an exact tie, e.g. two methods at 0.00 % on unchanged pairs, is called a tie)."""
-    out = []
-    for name in CHANGE_TYPES:
-        split = f"**{name}** pairs:"
-        per_type = {m: per_method[m]["per_type"][name] for m in METHODS}
-        runs = {m: {split: {"median translation error in px": v["translation_error_median"],
-                            "median scale error in %": v["scale_error_median"]}} for m, v in per_type.items()}
-        out.append(" ".join(comparison_bullets(runs, {"median translation error in px": False,
-                                                      "median scale error in %": False},
-                                               split=split, digits=3)))
-    return out
-
-
-def moved_medians(metrics: dict[str, Any], true_type: Tensor) -> tuple[float, float]:
-    """Median translation error (px) over the pairs that were shifted (``shift``, ``both``) and median scale
-    error (%) over the pairs that were scaled (``scale``, ``both``): over all pairs the unchanged half makes
-    a method that never regresses a change look accurate."""
-    t = true_type.numpy()
-    shifted = np.isin(t, [CHANGE_TYPES.index("shift"), CHANGE_TYPES.index("both")])
-    scaled = np.isin(t, [CHANGE_TYPES.index("scale"), CHANGE_TYPES.index("both")])
-    te, se = metrics["translation_errors"], metrics["scale_errors"]
-    return (float(np.median(te[shifted])) if shifted.any() else float("nan"),
-            float(np.median(se[scaled])) if scaled.any() else float("nan"))
-
-
-def _target_bullets(per_method: dict[str, dict[str, Any]], true_type: Tensor) -> list[str]:
-    """The issue's targets for the default run, checked on this run's numbers (whatever its settings). The
-    network's error targets are checked on the pairs that carry that change (all pairs given beside them)."""
-    pt = {m: per_method[m]["per_type"] for m in METHODS}
-    net = per_method["net"]
-    t_moved, s_moved = moved_medians(net, true_type)
-    checks = [
-        ("phase correlation, median translation error on pure shifts", pt["phase"]["shift"]["translation_error_median"],
-         "≤ 0.5 px", pt["phase"]["shift"]["translation_error_median"] <= 0.5),
-        ("Fourier–Mellin, median scale error on pure scalings", pt["fourier_mellin"]["scale"]["scale_error_median"],
-         "≤ 5 %", pt["fourier_mellin"]["scale"]["scale_error_median"] <= 5),
-        ("network, type accuracy", net["type_accuracy"], "≥ 0.95", net["type_accuracy"] >= 0.95),
-        (f"network, median translation error on shifted pairs (all pairs: {net['translation_error_median']:.3f})",
-         t_moved, "≤ 2 px", t_moved <= 2),
-        (f"network, median scale error on scaled pairs (all pairs: {net['scale_error_median']:.3f})", s_moved,
-         "≤ 3 %", s_moved <= 3),
-    ]
-    out = [f"Target — {label}: {value:.3f} (target {target}): **{'met' if ok else 'missed'}**."
-           for label, value, target, ok in checks]
-    both = {m: pt[m]["both"]["translation_error_median"] for m in METHODS}
-    for m in ("net", "hybrid"):
-        ok = both[m] < both["phase"]
-        out.append(f"Target — {m} beats phase correlation on translation error of shift+scale pairs: {both[m]:.3f} vs "
-                   f"{both['phase']:.3f} px: **{'met' if ok else 'missed'}**.")
-    worse = []
-    for name in CHANGE_TYPES:
-        for key in ("translation_error_median", "scale_error_median"):
-            best_other = min(pt[m][name][key] for m in METHODS if m != "hybrid")
-            if pt["hybrid"][name][key] > best_other * 1.005 + 1e-3:
-                worse.append(f"{name} {key.replace('_', ' ')} ({pt['hybrid'][name][key]:.3f} vs {best_other:.3f})")
-    out.append("Target — the hybrid at least as good as the best other method on every change type (median "
-               "translation and scale error): " + ("**met**." if not worse else "**missed** on " + "; ".join(worse)
-                                                   + "."))
-    return out
-
-
-def _binned(x: np.ndarray, y: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    centres, meds = [], []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        sel = (x >= lo) & (x < hi)
-        if sel.sum() >= 3:
-            centres.append((lo + hi) / 2)
-            meds.append(np.median(y[sel]))
-    return np.array(centres), np.array(meds)
-
-
-def _error_figure(per_method: dict[str, dict[str, Any]], truth: dict[str, Tensor], path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    from vislab.report.figures import _COLORS
-
-    mag = np.hypot(truth["dx"].numpy(), truth["dy"].numpy())
-    s = np.exp(truth["log_s"].numpy())
-    shifted = mag > 0
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    panels = [(axes[0], mag[shifted], "translation_errors", shifted, "true |t| (px)", "translation error (px)"),
-              (axes[1], s, "translation_errors", None, "true scale s", "translation error (px)"),
-              (axes[2], s, "scale_errors", None, "true scale s", "scale error (%)")]
-    for ax, x, key, sel, xlabel, ylabel in panels:
-        edges = np.linspace(x.min(), x.max() + 1e-9, 9) if len(x) else np.array([0, 1])
-        for j, m in enumerate(METHODS):
-            y = per_method[m][key] if sel is None else per_method[m][key][sel]
-            c, med = _binned(x, y, edges)
-            ax.plot(c, np.maximum(med, _ERROR_FLOOR), "o-", color=_COLORS[j % 10], label=m, ms=4)
-        ax.set_yscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"median {ylabel}")
-        ax.grid(alpha=0.3, which="both")
-    axes[0].legend(fontsize=8)
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.14, top=0.97, wspace=0.25)
-    return _save_plain(fig, path)
-
-
-def _confusion_figure(per_method: dict[str, dict[str, Any]], path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(METHODS), figsize=(3.6 * len(METHODS), 3.6))
-    n = len(CHANGE_TYPES)
-    for ax, m in zip(axes, METHODS):
-        cm = per_method[m]["confusion"]
-        norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    n = len(test)
+    cols = np.zeros((n, 3))
+    t0 = time.perf_counter()
+    with threadpool_limits(limits=1, user_api="blas"):
         for i in range(n):
-            for j in range(n):
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if norm[i, j] > 0.5 else "black")
-        ax.set_xticks(range(n), CHANGE_TYPES, fontsize=8)
-        ax.set_yticks(range(n), CHANGE_TYPES, fontsize=8)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(f"{m} (acc {per_method[m]['type_accuracy']:.3f})", fontsize=9)
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.16, top=0.92, wspace=0.35)
-    return _save_plain(fig, path)
-
-
-def _save_plain(fig: Any, path: Path, dpi: int = 100) -> Path:
-    """PNG without the tight bounding box pass (one render instead of two; the layout is set by hand)."""
-    import io
-
-    import matplotlib.pyplot as plt
-
-    from vislab.engine.run_dir import atomic_write_bytes
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
-    atomic_write_bytes(Path(path), buf.getvalue())
-    return Path(path)
-
-
-def mosaic(images: list[np.ndarray], path: Path, *, titles: list[str], ncols: int, cell: int = 128,
-           title_colors: list[str] | None = None) -> Path:
-    """Grayscale images (``[H, W]`` in [0, 1]) tiled into one picture, each fitted into a ``cell × cell``
-    square (aspect kept, bilinear), with a title above each: one axes, so it renders in a fraction of the
-    time of a grid of subplots."""
-    import matplotlib.pyplot as plt
-    from skimage.transform import resize
-
-    n = len(images)
-    ncols = max(1, min(ncols, n))
-    nrows = max(1, math.ceil(n / ncols))
-    gap, top = 10, 16  # pixels between cells, and above each cell for its title
-    W = ncols * (cell + gap) + gap
-    H = nrows * (cell + gap + top) + gap
-    canvas = np.ones((H, W))
-    for k, img in enumerate(images):
-        img = np.asarray(img, dtype=np.float64)
-        h, w = img.shape
-        f = cell / max(h, w)
-        small = resize(img, (max(1, round(h * f)), max(1, round(w * f))), order=1, anti_aliasing=f < 1)
-        r, c = divmod(k, ncols)
-        y0 = gap + r * (cell + gap + top) + top + (cell - small.shape[0]) // 2
-        x0 = gap + c * (cell + gap) + (cell - small.shape[1]) // 2
-        canvas[y0:y0 + small.shape[0], x0:x0 + small.shape[1]] = np.clip(small, 0, 1)
-    dpi = 100
-    fig = plt.figure(figsize=(W / dpi, H / dpi), dpi=dpi)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(canvas, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    ax.axis("off")
-    for k, t in enumerate(titles):
-        r, c = divmod(k, ncols)
-        ax.text(gap + c * (cell + gap) + cell / 2, gap + r * (cell + gap + top) + top - 3, t, ha="center",
-                va="bottom", fontsize=6.5, color=(title_colors[k] if title_colors else "black"), clip_on=True)
-    return _save_plain(fig, path, dpi=dpi)
-
+            r = fn(test.pairs.images[i, 0].numpy(), test.pairs.images[i, 1].numpy(), i)
+            cols[i] = (r.dx, r.dy, r.log_scale)
+    ms = (time.perf_counter() - t0) * 1000 / max(n, 1)
+    return {"dx": cols[:, 0], "dy": cols[:, 1], "log_s": cols[:, 2]}, ms

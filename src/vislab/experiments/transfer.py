@@ -12,7 +12,7 @@
 While pretrained features train, their BatchNorm layers stay in eval mode (``freeze_bn``): in train mode
 each two-class P x K batch would be normalised with its own statistics, and the triplet loss would shape an
 embedding other than the one evaluated. Data: :mod:`vislab.data.two_class` (embedded faces vs non-faces,
-or two CIFAR-10 classes); task modules: :mod:`vislab.engine.triplet_tasks`.
+or two CIFAR-10 classes); task modules: :mod:`vislab.engine.tasks.triplet`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from vislab.engine.config import CommonConfig, param
 from vislab.engine.context import RunContext
 from vislab.engine.fit import StageResult, eval_loader, fit_stage, seed_everything, train_loader
 from vislab.engine.module import ClassificationModule, predict
-from vislab.engine.triplet_tasks import JointModule, TripletModule
+from vislab.engine.tasks.triplet import JointModule, TripletModule
 from vislab.errors import UserError
 from vislab.experiments.base import Experiment
 from vislab.losses.triplet import MINING_STRATEGIES, TripletLoss, batch_triplet_loss

@@ -413,3 +413,29 @@ def test_prompter_on_cuda_equals_cpu():
     assert gpu.features.is_cuda and got2[0].shape == (3, 64, 64)
     for a, b in zip(got, ref):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
+
+
+def test_point_convention_lands_on_the_dense_grid():
+    """vislab's continuous coordinates land exactly where they are in the encoder frame: a point at the centre of
+    embedding cell (i, j) (frame position ((j + 0.5) * 16, (i + 0.5) * 16), image position that / s) gets the
+    positional encoding of that cell in the decoder's dense grid (get_dense_pe), at s = 2 (32-px image, 64-px
+    encoder input); SAM's convention needs x = u - 0.5 / s for the same token."""
+    from vislab.models.sam import SamPrompter
+
+    model = offline_box_sam(32, encoder_size=64, pretrained=False).eval()
+    pe = model.decoder.prompt_encoder
+    dense = pe.get_dense_pe()[0]  # (256, 4, 4)
+    i, j = 1, 2
+    u = torch.tensor([[[(j + 0.5) * 16 / 2, (i + 0.5) * 16 / 2]]])  # (1, 1, 2) = (20, 12)
+    with torch.no_grad():
+        sparse, _ = pe(points=(model.decoder.prompt_points(u), torch.ones(1, 1, dtype=torch.int)), boxes=None,
+                       masks=None)
+        torch.testing.assert_close(sparse[0, 0] - pe.point_embeddings[1].weight[0], dense[:, i, j])
+        box = torch.tensor([[(0 + 0.5) * 8, (0 + 0.5) * 8, (3 + 0.5) * 8, (2 + 0.5) * 8]])  # cells (0,0), (2,3)
+        sb, _ = pe(points=None, boxes=model.decoder.prompt_boxes(box), masks=None)
+        torch.testing.assert_close(sb[0, 0] - pe.point_embeddings[2].weight[0], dense[:, 0, 0])
+        torch.testing.assert_close(sb[0, 1] - pe.point_embeddings[3].weight[0], dense[:, 2, 3])
+    p = SamPrompter(model, coords="sam")
+    p.set_image(np.zeros((32, 32, 3), np.uint8))
+    x = u[0] - 0.5 / 2
+    torch.testing.assert_close(p.to_input_frame(x) + 0.5, u[0] * 2)  # frame position, as the prompt encoder sees it

@@ -4,6 +4,8 @@ from torchvision's CPU kernel, gradcheck, F.conv2d special cases, half precision
 from __future__ import annotations
 
 import math
+import os
+import shutil
 
 import pytest
 import torch
@@ -19,6 +21,7 @@ IMPLEMENTATIONS = {
     "fast-sparse": lambda *a, **k: dc._deform_conv2d_with("sparse", *a, **k),
     "fast-gather": lambda *a, **k: dc._deform_conv2d_with("gather", *a, **k),
     "fast-grid": lambda *a, **k: dc._deform_conv2d_with("grid", *a, **k),
+    "fast-cpp": lambda *a, **k: dc._deform_conv2d_with("cpp", *a, **k),
     "standard-ops": deform_conv2d_gather,
 }
 
@@ -200,9 +203,11 @@ def test_several_batch_chunks_equal_one(monkeypatch, impl):
     whole = _forward_backward(IMPLEMENTATIONS[impl], x, offset, weight, bias, mask, **kw)
     monkeypatch.setattr(dc, "_MIN_CHUNK_COLUMNS", 1)
     monkeypatch.setattr(dc, "_CHUNK_BYTES", 1)  # one image per chunk
+    monkeypatch.setattr(dc, "_CHUNK_BYTES_CPP", 1)
     assert len(dc._chunks(dc._check(x, offset, weight, bias, mask=mask, **kw), 4, x.device)) == 6
     chunked = _forward_backward(IMPLEMENTATIONS[impl], x, offset, weight, bias, mask, **kw)
     monkeypatch.setattr(dc, "_CHUNK_BYTES", 4 * weight.shape[1] * 9 * 36 * 4)  # 4 images, then 2
+    monkeypatch.setattr(dc, "_CHUNK_BYTES_CPP", 4 * weight.shape[1] * 9 * 36 * 4)
     uneven = _forward_backward(IMPLEMENTATIONS[impl], x, offset, weight, bias, mask, **kw)
     for name, a, b, c in zip(NAMES, whole, chunked, uneven):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5, msg=name)
@@ -282,7 +287,7 @@ def test_non_contiguous_inputs(impl):
         _assert_rel_close(a, e, 1e-5, name)
 
 
-@pytest.mark.parametrize("impl", ["fast-sparse", "fast-gather", "fast-grid"])
+@pytest.mark.parametrize("impl", ["fast-sparse", "fast-gather", "fast-grid", "fast-cpp"])
 def test_only_some_inputs_require_grad(impl):
     (x, offset, weight, bias, mask), kw = _case("3x3-basic")
     full = _forward_backward(IMPLEMENTATIONS[impl], x, offset, weight, bias, mask, **kw)
@@ -315,12 +320,16 @@ def test_output_size_matches_nn_conv2d():
         assert deform_conv2d_output_size((13, 11), kernel, stride, padding, dilation) == tuple(expected)
 
 
-def test_default_sampler_on_cpu_is_sparse_and_grid_for_few_channels():
-    assert dc._default_kind(torch.zeros(1)) == "sparse"
+def test_default_sampler_on_cpu_is_the_cpp_kernel_else_sparse_and_grid_for_few_channels(monkeypatch):
     (x, offset, weight, bias, mask), kw = _case("3x3-basic")
     geom = dc._check(x, offset, weight, bias, mask=mask, **kw)
+    gray = dc._check(x[:, :1], offset, weight[:, :1], bias, mask=mask, **kw)  # one channel
+    if shutil.which(os.environ.get("CXX", "c++")):  # with a compiler the kernel must build
+        assert dc._deform_cpp.library() is not None, dc._deform_cpp.reason()
+        assert dc._default_kind(x, geom) == "cpp" and dc._default_kind(x, gray) == "cpp"
+    monkeypatch.setattr(dc._deform_cpp, "library", lambda: None)  # a machine without one
+    assert dc._default_kind(torch.zeros(1)) == "sparse"
     assert geom.in_channels > dc._GRID_MAX_CHANNELS and dc._default_kind(x, geom) == "sparse"
-    gray = dc._check(x[:, :1], offset, weight[:, :1], bias, mask=mask, **kw)  # one channel: grid_sample
     assert dc._default_kind(x, gray) == "grid"
 
 

@@ -84,9 +84,19 @@ CASES = {
 }
 
 
+@pytest.fixture(params=["cpp", "pytorch"])
+def cpu_kernel(request, monkeypatch):
+    """Run a test with the C++ kernel (where it builds) and with the PyTorch fallback."""
+    if request.param == "pytorch":
+        monkeypatch.setattr(dc._deform_cpp, "library", lambda: None)
+    elif dc._deform_cpp.library() is None:
+        pytest.skip(f"the C++ kernel is not available: {dc._deform_cpp.reason()}")
+    return request.param
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", list(CASES))
-def test_opcheck(case, device):
+def test_opcheck(case, device, cpu_kernel):
     kwargs, layout = CASES[case]
     torch.library.opcheck(OP, make_args(**kwargs, layout=layout, device=device))
 
@@ -96,7 +106,7 @@ def test_opcheck(case, device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("layout", LAYOUTS + ["mixed"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_opcheck_exhaustive(case, layout, dtype, device):
+def test_opcheck_exhaustive(case, layout, dtype, device, cpu_kernel):
     kwargs, _ = CASES[case]
     kwargs = {**kwargs, "dtype": dtype}
     for mask in (True, False):
@@ -177,11 +187,12 @@ def test_network_compiles_with_fullgraph_and_the_op_stays_one_node():
     seen = []
 
     def backend(gm, example_inputs):
+        from functorch.compile import make_boxed_func
         from torch._dynamo.backends.common import aot_autograd
 
         def record(g, _inputs):
             seen.extend(str(n.target) for n in g.graph.nodes if n.op == "call_function")
-            return g
+            return make_boxed_func(g)
         return aot_autograd(fw_compiler=record, bw_compiler=record)(gm, example_inputs)
 
     torch._dynamo.reset()
@@ -273,8 +284,9 @@ def _forward_backward(fn, args, grad_seed=1):
 
 
 @pytest.mark.parametrize("use_mask", [True, False], ids=["mask", "no-mask"])
-@pytest.mark.parametrize("channels", [6, 3], ids=["sparse-sampler", "grid-sampler"])
-def test_every_argument_in_every_layout_gives_the_contiguous_result(channels, use_mask):
+@pytest.mark.parametrize("channels", [12, 3], ids=["4-channels-per-offset-group", "1-channel-per-offset-group"])
+def test_every_argument_in_every_layout_gives_the_contiguous_result(channels, use_mask, cpu_kernel):
+    # without the C++ kernel: the sparse-matrix sampler (4 channels per offset group) and grid_sample (1)
     geometry = dict(B=3, C=channels, C_out=4, H=5, W=6, kernel=(3, 2), stride=(2, 1), padding=(1, 0),
                     dilation=(2, 1), groups=1 if channels == 3 else 2, offset_groups=3, mask=use_mask)
     expected = _forward_backward(deform_conv2d, make_args(**geometry))
@@ -288,17 +300,18 @@ def test_every_argument_in_every_layout_gives_the_contiguous_result(channels, us
 
 
 def test_transposed_mask_in_the_grid_sampler_path():
-    """The crash of issue 22: a mask stored with H and W swapped, one channel per offset group."""
+    """The crash of issue 22: a mask stored with H and W swapped, one channel per offset group, in
+    the grid_sample sampler (the CPU default without the C++ kernel)."""
     args = make_args(B=2, C=2, C_out=3, H=6, W=6, offset_groups=2, layout=("contiguous", "contiguous",
                                                                             "contiguous", "contiguous", "transposed"))
-    assert dc._default_kind(args[0], dc._check(*args)) == "grid"
     expected = _forward_backward(deform_conv2d_gather, args)
-    for a, e in zip(_forward_backward(deform_conv2d, args), expected):
-        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+    for fn in (deform_conv2d, lambda *a, **k: dc._deform_conv2d_with("grid", *a, **k)):
+        for a, e in zip(_forward_backward(fn, args), expected):
+            torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("batch", [0, 33])
-def test_batch_0_and_33_with_and_without_mask_match_torchvision(batch):
+def test_batch_0_and_33_with_and_without_mask_match_torchvision(batch, cpu_kernel):
     torchvision = pytest.importorskip("torchvision")
     for use_mask, layout in ((True, "transposed"), (False, MIXED)):
         args = make_args(B=batch, C=6, C_out=2, H=5, W=4, kernel=(3, 2), stride=(2, 1), padding=(1, 0),
@@ -308,3 +321,50 @@ def test_batch_0_and_33_with_and_without_mask_match_torchvision(batch):
         assert actual[0].shape == (batch, 2, 2, 3)
         for a, e in zip(actual, expected):
             torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+
+
+# ---- the C++ kernel and the fallback without a compiler --------------------------------------------
+
+_SCRIPT = """
+import torch
+from vislab.ops import deform_conv2d, deform_conv2d_gather
+import vislab.ops.deform_conv as dc
+g = torch.Generator().manual_seed(0)
+x, offset = torch.randn(2, 4, 6, 6, generator=g), torch.randn(2, 18, 6, 6, generator=g)
+weight, mask = torch.randn(3, 4, 3, 3, generator=g), torch.rand(2, 9, 6, 6, generator=g)
+for _ in range(2):
+    out = deform_conv2d(x, offset, weight, padding=1, mask=mask)
+torch.testing.assert_close(out, deform_conv2d_gather(x, offset, weight, padding=1, mask=mask))
+print("kind", dc._default_kind(x, dc._check(x, offset, weight, None, 1, 1, 1, mask)))
+"""
+
+
+def _run_script(tmp_path, **env):
+    import os
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, "VISLAB_KERNEL_DIR": str(tmp_path / "kernels"), **env}
+    return subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, env=full_env, timeout=300)
+
+
+def test_without_a_compiler_the_pytorch_path_runs_and_says_so_once(tmp_path):
+    done = _run_script(tmp_path, CXX=str(tmp_path / "no-such-compiler"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["kind", "sparse"]
+    notices = [line for line in done.stderr.splitlines() if line.startswith("vislab:")]
+    assert len(notices) == 1 and "PyTorch implementation" in notices[0] and "no C++ compiler" in notices[0], \
+        done.stderr
+
+
+def test_the_kernel_builds_into_its_cache_and_can_be_turned_off(tmp_path):
+    import shutil
+
+    if shutil.which("c++") is None:
+        pytest.skip("no C++ compiler on this machine")
+    done = _run_script(tmp_path, CXX="c++")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["kind", "cpp"] and "vislab:" not in done.stderr
+    assert len(list((tmp_path / "kernels").glob("vislab_deform_cpu_*.so"))) == 1
+    done = _run_script(tmp_path, VISLAB_DEFORM_KERNEL="pytorch")  # an explicit choice: no notice
+    assert done.returncode == 0 and done.stdout.split() == ["kind", "sparse"] and "vislab:" not in done.stderr

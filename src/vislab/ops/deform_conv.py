@@ -50,6 +50,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from vislab.ops import _deform_cpp
+
 __all__ = ["DeformConvValueError", "deform_conv2d", "deform_conv2d_gather", "deform_conv2d_output_size"]
 
 
@@ -64,6 +66,9 @@ class DeformConvValueError(ValueError, RuntimeError):
 # stay big. Either way it bounds the extra memory of the operator (at least one image per chunk).
 _CHUNK_BYTES = 4 * 2**20
 _CHUNK_BYTES_GPU = 256 * 2**20
+# The C++ kernels read and write the columns in one fused pass each, so cache matters less than
+# the number of calls per chunk (each GEMM is a parallel region): larger chunks
+_CHUNK_BYTES_CPP = 16 * 2**20
 _MIN_CHUNK_COLUMNS = 512
 # How the backward forms the transposed sampling matrix: "csr", "coo" or "auto" (see _transpose_as_csr)
 _TRANSPOSE = "auto"
@@ -470,10 +475,12 @@ def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Te
         return torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
 
 
-def _chunks(geom: _Geometry, element_size: int, device: torch.device) -> list[tuple[int, int]]:
+def _chunks(geom: _Geometry, element_size: int, device: torch.device,
+            budget: int | None = None) -> list[tuple[int, int]]:
     """Batch ranges whose column buffer fits the chunk budget (at least one image each)."""
     per_image = geom.out_h * geom.out_w * geom.taps * geom.in_channels * element_size
-    budget = _CHUNK_BYTES if device.type == "cpu" else _CHUNK_BYTES_GPU
+    if budget is None:
+        budget = _CHUNK_BYTES if device.type == "cpu" else _CHUNK_BYTES_GPU
     # small maps: enough images that the matrix products have a few hundred columns
     step = max(1, budget // max(per_image, 1), -(-_MIN_CHUNK_COLUMNS // (geom.out_h * geom.out_w)))
     return [(s, min(s + step, geom.batch)) for s in range(0, geom.batch, step)]
@@ -582,10 +589,13 @@ def _chunked_backward(grad_out, input, offset, mask, weight, geom: _Geometry, ki
 
 
 def _default_kind(input: Tensor, geom: _Geometry | None = None) -> str:
-    """The sampler for a call: on CPU the sparse matrix, or grid_sample for very few channels per
-    offset group (measured at 64×48×48, 3×3, f+b: 1 channel 92 vs 614 ms; 8 channels 657 vs 544 ms)."""
+    """The sampler for a call. On CPU the C++ kernels ("cpp") when they could be built; otherwise
+    the sparse matrix, or grid_sample for very few channels per offset group (measured at
+    64×48×48, 3×3, f+b: 1 channel 92 vs 614 ms; 8 channels 657 vs 544 ms). Elsewhere "gather"."""
     if input.device.type != "cpu":
         return "gather"
+    if _deform_cpp.library() is not None:
+        return "cpp"
     if geom is not None and geom.in_channels // geom.offset_groups <= _GRID_MAX_CHANNELS:
         return "grid"
     return "sparse"
@@ -688,11 +698,163 @@ def _grid_backward(grad_out, input, offset, mask, weight, geom: _Geometry,
 
 
 # ----------------------------------------------------------------------------------------------
+# The C++ kernels (csrc/deform_conv_cpu.cpp): the same chunks, sampling fused into two passes
+# ----------------------------------------------------------------------------------------------
+
+
+class _Kernels:
+    """The C++ functions of one compute dtype and the per-call constants they share."""
+
+    def __init__(self, input: Tensor, offset: Tensor, mask: Tensor | None, geom: _Geometry):
+        lib = _deform_cpp.library()
+        self.dtype = _compute_dtype(input.dtype, "sparse")
+        suffix = "f64" if self.dtype == torch.float64 else "f32"
+        self.im2col, self.col2im, self.pad, self.unpad = (getattr(lib, f"vislab_deform_{name}_{suffix}")
+                                                          for name in ("im2col", "col2im", "pad", "unpad"))
+        self.geom = geom
+        self.input = input.to(self.dtype)
+        self.offset = offset.to(self.dtype).contiguous()
+        self.mask = None if mask is None else mask.to(self.dtype).contiguous()
+        self.chunks = _chunks(geom, torch.finfo(self.dtype).bits // 8, input.device, _CHUNK_BYTES_CPP)
+
+    def start_chunk(self, s: int, e: int, X_buffer: Tensor) -> None:
+        """Write the chunk's input into ``X_buffer``'s interior; set the chunk's pointers and ranges."""
+        geom, b = self.geom, e - s
+        self.b, self.s = b, s
+        self.X = X_buffer[:b]
+        self.geo = _kernel_geometry(geom, b)
+        self.ranges = _deform_cpp.row_ranges(b * geom.out_h)  # over (image, output row)
+        self.map_ranges = _deform_cpp.row_ranges(b * geom.sub_groups * geom.height)  # over (image, G', input row)
+        x = self.input[s:e]
+        strides = torch.tensor(x.stride(), dtype=torch.int64)
+        args = (x.data_ptr(), strides.data_ptr(), self.X.data_ptr(), self.geo.data_ptr())
+        _deform_cpp.run([lambda a=a, z=z: self.pad(*args, a, z) for a, z in self.map_ranges])
+        self.off_ptr = self.offset[s:e].data_ptr()
+        self.mask_ptr = None if self.mask is None else self.mask[s:e].data_ptr()
+
+    def sample(self, cols: Tensor) -> Tensor:
+        args = (self.X.data_ptr(), self.off_ptr, self.mask_ptr, cols.data_ptr(), self.geo.data_ptr())
+        _deform_cpp.run([lambda a=a, z=z: self.im2col(*args, a, z) for a, z in self.ranges])
+        return cols
+
+    def sample_backward(self, grad_cols: Tensor, gX: Tensor | None, grad_offset: Tensor | None,
+                        grad_mask: Tensor | None) -> None:
+        """Input gradient into ``gX[t]`` (one padded buffer per range, zeroed by the kernel), offset and
+        mask gradients of the chunk (contiguous, compute dtype) straight into place."""
+        tasks = []
+        for t, (a, z) in enumerate(self.ranges):
+            args = (self.X.data_ptr(), self.off_ptr, self.mask_ptr, grad_cols.data_ptr(),
+                    None if gX is None else gX[t].data_ptr(), _ptr(grad_offset), _ptr(grad_mask), self.geo.data_ptr())
+            tasks.append(lambda args=args, a=a, z=z: self.col2im(*args, a, z))
+        _deform_cpp.run(tasks)
+
+    def unpad_sum(self, gX: Tensor, grad_input: Tensor) -> None:
+        """``grad_input`` (contiguous ``[b, C, H, W]``) = the sum of the padded buffers' interiors."""
+        args = (gX.data_ptr(), len(self.ranges), gX[0].numel() if len(self.ranges) > 1 else 0,
+                grad_input.data_ptr(), self.geo.data_ptr())
+        _deform_cpp.run([lambda a=a, z=z: self.unpad(*args, a, z) for a, z in self.map_ranges])
+
+
+def _kernel_geometry(geom: _Geometry, b: int) -> Tensor:
+    (sh, sw), (ph, pw), (dh, dw) = geom.stride, geom.padding, geom.dilation
+    G = geom.offset_groups
+    return torch.tensor([b, geom.out_h, geom.out_w, G, geom.sub_groups // G, geom.kh, geom.kw, geom.sub_channels,
+                         geom.height, geom.width, sh, sw, ph, pw, dh, dw], dtype=torch.int64)
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _native_forward(input, offset, mask, weight, bias, geom: _Geometry) -> Tensor:
+    """Forward pass with the C++ kernels: per chunk, the padded input, the columns (one fused
+    sampling pass) and the weight product."""
+    out = input.new_empty((geom.batch, geom.out_channels, geom.out_h, geom.out_w))
+    k = _Kernels(input, offset, mask, geom)
+    if not k.chunks:
+        return out
+    w = _grouped_weight(weight, geom, k.dtype)
+    L, C_out = geom.out_h * geom.out_w, geom.out_channels
+    X_buffer, cols_buffer = _buffers(geom, k.dtype, input.device, k.chunks[0][1])
+    for s, e in k.chunks:
+        k.start_chunk(s, e, X_buffer)
+        b = e - s
+        cols = k.sample(cols_buffer[:b * L * geom.sub_groups * geom.taps])
+        if geom.groups == 1 and out.dtype == k.dtype:  # out[i] = W @ cols[i]^T, written in place
+            torch.bmm(w[0].expand(b, -1, -1), cols.view(b, L, -1).transpose(1, 2), out=out[s:e].view(b, C_out, L))
+        else:
+            _weight_product(cols, w, geom, out[s:e])
+    if bias is not None:
+        out += bias.view(1, -1, 1, 1)
+    return out
+
+
+def _native_backward(grad_out, input, offset, mask, weight, geom: _Geometry,
+                     needs: tuple[bool, bool, bool, bool]) -> tuple:
+    """Gradients ``(input, offset, mask, weight)`` with the C++ kernels: per chunk the columns again
+    (weight gradient), the column gradient (GEMM), then one fused pass for the input gradient (each
+    thread into its own padded buffer, summed by the un-padding pass) and the offset and mask
+    gradients."""
+    need_input, need_offset, need_mask, need_weight = needs
+    need_mask = need_mask and mask is not None
+    k = _Kernels(input, offset, mask, geom)
+    dtype, L, groups, C_out = k.dtype, geom.out_h * geom.out_w, geom.groups, geom.out_channels
+    contiguous = torch.contiguous_format
+    # every element of these is written by the kernels
+    grad_input = torch.empty_like(input, memory_format=contiguous) if need_input else None
+    grad_offset = torch.empty_like(offset, memory_format=contiguous) if need_offset else None
+    grad_mask = torch.empty_like(mask, memory_format=contiguous) if need_mask else None
+    # the kernels write the compute dtype: half-precision gradients go through float32 buffers
+    gi = grad_input if grad_input is None or grad_input.dtype == dtype else torch.empty_like(grad_input, dtype=dtype)
+    go_off = grad_offset if grad_offset is None or grad_offset.dtype == dtype else torch.empty_like(k.offset)
+    go_mask = grad_mask if grad_mask is None or grad_mask.dtype == dtype else torch.empty_like(k.mask)
+    w = _grouped_weight(weight, geom, dtype)
+    grad_w = torch.zeros_like(w) if need_weight else None
+    if k.chunks and (need_input or need_offset or need_mask or need_weight):
+        X_buffer, cols_buffer = _buffers(geom, dtype, input.device, k.chunks[0][1])
+        parts = len(_deform_cpp.row_ranges(k.chunks[0][1] * geom.out_h))
+        gX_buffers = X_buffer.new_empty((parts, *X_buffer.shape)) if need_input else None
+        for s, e in k.chunks:
+            b = e - s
+            k.start_chunk(s, e, X_buffer)
+            cols_or_grad = cols_buffer[:b * L * geom.sub_groups * geom.taps]
+            go = grad_out[s:e].to(dtype).reshape(b, C_out, L)
+            if need_weight:
+                cols = k.sample(cols_or_grad).view(b, L, groups, -1)
+                for i in range(b):  # grad_W[g] += go[i, g] @ cols[i, :, g]
+                    if groups == 1:
+                        grad_w[0].addmm_(go[i], cols[i, :, 0])
+                    else:
+                        grad_w.baddbmm_(go[i].view(groups, -1, L), cols[i].transpose(0, 1))
+            if not (need_input or need_offset or need_mask):
+                continue
+            grad_cols = cols_or_grad
+            if groups == 1:  # grad_cols[i] = go[i]^T @ W
+                torch.bmm(go.transpose(1, 2), w[0].expand(b, -1, -1), out=grad_cols.view(b, L, -1))
+            else:
+                gc = grad_cols.view(b, L, groups, -1)
+                for i in range(b):
+                    torch.bmm(go[i].view(groups, -1, L).transpose(1, 2), w, out=gc[i].transpose(0, 1))
+            gX = gX_buffers[:len(k.ranges), :b] if need_input else None
+            k.sample_backward(grad_cols, gX, None if go_off is None else go_off[s:e],
+                              None if go_mask is None else go_mask[s:e])
+            if need_input:
+                k.unpad_sum(gX, gi[s:e])
+    for target, source in ((grad_input, gi), (grad_offset, go_off), (grad_mask, go_mask)):
+        if target is not None and source is not target:
+            target.copy_(source)
+    grad_weight = _ungroup_weight(grad_w, geom).to(weight.dtype).contiguous() if need_weight else None
+    return grad_input, grad_offset, grad_mask, grad_weight
+
+
+# ----------------------------------------------------------------------------------------------
 # The two passes of a sampler kind, as an autograd Function and as the registered operator
 # ----------------------------------------------------------------------------------------------
 
 
 def _forward(kind: str, input, offset, mask, weight, bias, geom: _Geometry) -> Tensor:  # noqa: ANN001
+    if kind == "cpp":
+        return _native_forward(input, offset, mask, weight, bias, geom)
     if kind == "grid":
         return _grid_forward(input, offset, mask, weight, bias, geom)
     return _chunked_forward(input, offset, mask, weight, bias, geom, kind)
@@ -700,6 +862,8 @@ def _forward(kind: str, input, offset, mask, weight, bias, geom: _Geometry) -> T
 
 def _backward(kind: str, grad_out, input, offset, mask, weight, geom: _Geometry, needs) -> tuple:  # noqa: ANN001
     """``(grad_input, grad_offset, grad_mask, grad_weight)``, None where ``needs`` is False."""
+    if kind == "cpp":
+        return _native_backward(grad_out, input, offset, mask, weight, geom, needs)
     if kind == "grid":
         return _grid_backward(grad_out, input, offset, mask, weight, geom, needs)
     return _chunked_backward(grad_out, input, offset, mask, weight, geom, kind, needs)

@@ -1,0 +1,153 @@
+"""The C++ sampling kernels of deformable convolution (``csrc/deform_conv_cpu.cpp``): built with the
+machine's C++ compiler at first use, loaded with ctypes, run on ranges of output rows by a few
+Python threads.
+
+The source has no torch headers, so the build is one compiler call of a few seconds; the library is
+cached under ``$VISLAB_KERNEL_DIR`` (default ``~/.cache/vislab/kernels``), named by a hash of the
+source, the compiler and the CPU, and written atomically (several processes may build at once).
+Without a compiler (or when the build fails) :func:`library` prints one notice line and returns
+None, and the caller uses the PyTorch implementation. ``VISLAB_DEFORM_KERNEL=pytorch`` skips the
+kernel without a notice (an explicit choice); ``VISLAB_DEFORM_KERNEL=cpp`` makes a failed build an
+error instead of a notice.
+
+The kernels have no threads of their own: :func:`run_rows` splits the rows into
+``torch.get_num_threads()`` ranges and runs them on a thread pool (ctypes releases the GIL during
+the call). Waiting threads block instead of spinning, so a busy core delays one range rather than
+every synchronisation point of an OpenMP team.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).parent / "csrc" / "deform_conv_cpu.cpp"
+FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=c++17"]
+_ABI_VERSION = 2
+
+_lock = threading.Lock()
+_state: dict = {"tried": False, "lib": None, "reason": None}
+_pool: ThreadPoolExecutor | None = None
+
+
+def _cpu_signature() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        flags = ""
+    return f"{platform.machine()} {platform.processor()} {flags}"
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("VISLAB_KERNEL_DIR"):
+        return Path(os.environ["VISLAB_KERNEL_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "vislab" / "kernels"
+
+
+def build() -> Path:
+    """Compile the kernels (if not cached) and return the shared library's path; raises on failure."""
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"no C++ compiler: {compiler!r} not found (set CXX)")
+    source = SOURCE.read_bytes()
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), version.encode(),
+                                     _cpu_signature().encode()])).hexdigest()[:16]
+    directory = _cache_dir()
+    path = directory / f"vislab_deform_cpu_{key}.so"
+    if path.exists():
+        return path
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
+    os.close(fd)
+    try:
+        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True,
+                              timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"{compiler} failed: {(done.stderr or done.stdout).strip().splitlines()[:1]}")
+        os.replace(tmp, path)  # atomic: a concurrent build writes the same file
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    if lib.vislab_deform_abi_version() != _ABI_VERSION:
+        raise RuntimeError(f"{path} is not version {_ABI_VERSION} of the kernels")
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    for suffix in ("f32", "f64"):
+        getattr(lib, f"vislab_deform_im2col_{suffix}").argtypes = [p, p, p, p, p, i64, i64]
+        getattr(lib, f"vislab_deform_col2im_{suffix}").argtypes = [p, p, p, p, p, p, p, p, i64, i64]
+        getattr(lib, f"vislab_deform_pad_{suffix}").argtypes = [p, p, p, p, i64, i64]
+        getattr(lib, f"vislab_deform_unpad_{suffix}").argtypes = [p, i64, i64, p, p, i64, i64]
+    return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, or None (the PyTorch path) after one notice line on stderr."""
+    if _state["tried"]:
+        return _state["lib"]
+    with _lock:
+        if not _state["tried"]:
+            choice = os.environ.get("VISLAB_DEFORM_KERNEL", "auto").lower()
+            if choice not in ("auto", "cpp", "pytorch"):
+                raise ValueError(f"VISLAB_DEFORM_KERNEL must be auto, cpp or pytorch, got {choice!r}")
+            if choice == "pytorch":
+                _state["reason"] = "VISLAB_DEFORM_KERNEL=pytorch"
+            else:
+                try:
+                    _state["lib"] = _load(build())
+                except Exception as error:  # noqa: BLE001 - any failure means: no kernel, say so
+                    if choice == "cpp":
+                        raise
+                    _state["reason"] = f"{type(error).__name__}: {error}".splitlines()[0]
+                    print(f"vislab: deformable convolution uses its PyTorch implementation (slower): the C++ "
+                          f"kernel could not be built ({_state['reason']})", file=sys.stderr, flush=True)
+            _state["tried"] = True
+    return _state["lib"]
+
+
+def reason() -> str | None:
+    """Why :func:`library` returned None (None when the kernel is loaded or not tried yet)."""
+    return _state["reason"]
+
+
+def _reset_for_tests() -> None:
+    with _lock:
+        _state.update(tried=False, lib=None, reason=None)
+
+
+def row_ranges(rows: int) -> list[tuple[int, int]]:
+    """``[0, rows)`` split into ``torch.get_num_threads()`` nearly equal ranges (fewer for few rows)."""
+    parts = max(1, min(torch.get_num_threads(), rows))
+    return [(rows * t // parts, rows * (t + 1) // parts) for t in range(parts)]
+
+
+def run(tasks: list) -> None:
+    """Call every ``task()``: all but the last on the thread pool, the last on the calling thread."""
+    global _pool
+    if len(tasks) > 1 and (_pool is None or _pool._max_workers < len(tasks) - 1):  # noqa: SLF001
+        _pool = ThreadPoolExecutor(max_workers=max(len(tasks) - 1, (os.cpu_count() or 2) - 1),
+                                   thread_name_prefix="vislab-deform")
+    futures = [_pool.submit(task) for task in tasks[:-1]]
+    try:
+        if tasks:
+            tasks[-1]()
+    finally:
+        for f in futures:
+            f.result()

@@ -1,0 +1,259 @@
+// Bilinear sampling kernels of vislab's deformable convolution on CPU (see vislab/ops/deform_conv.py).
+//
+// Plain C++ with a C interface, called through ctypes on raw pointers: no torch headers (it compiles
+// in seconds) and no threads of its own. The caller splits the work into ranges of output rows and
+// runs one range per Python thread (ctypes releases the GIL), so no OpenMP team spins while the
+// cores are busy elsewhere.
+//
+// Layouts (all contiguous):
+//   X       the chunk's input, zero-padded by PAD = 2 on each side, channels last, per channel
+//           sub-group: [b, G', H + 4, W + 4, Cs]   (G' = G * r sub-groups of Cs channels)
+//   offset  [b, 2 * G * K, Ho, Wo], (dy, dx) pairs per tap k = i * kw + j, offset group outermost
+//   mask    [b, G * K, Ho, Wo] or null
+//   cols    [b, Ho, Wo, G', K, Cs]: the sampled, modulated values ("im2col" columns)
+//
+// A sampling point reads y = ho * sh - ph + i * dh + dy clamped to [-2, H] (and x likewise); its four
+// corners lie in the padded map, so a point outside reads the zero border: torchvision's rule (zero
+// outside, each corner outside counts 0) without a bounds test. A NaN coordinate reads the border.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace {
+
+constexpr int64_t PAD = 2;
+
+struct Geometry {
+  int64_t b, Ho, Wo, G, r, kh, kw, Cs, H, W, sh, sw, ph, pw, dh, dw;
+  explicit Geometry(const int64_t* g)
+      : b(g[0]), Ho(g[1]), Wo(g[2]), G(g[3]), r(g[4]), kh(g[5]), kw(g[6]), Cs(g[7]), H(g[8]), W(g[9]),
+        sh(g[10]), sw(g[11]), ph(g[12]), pw(g[13]), dh(g[14]), dw(g[15]) {}
+};
+
+struct Point {
+  int64_t pixel;          // flat index of the top-left corner in one padded (H + 4) x (W + 4) map
+  double ly, lx, m;       // fractional parts and modulation
+};
+
+inline double clamp_coordinate(double v, int64_t size) {
+  // fmax/fmin return the non-NaN argument: a NaN coordinate goes to the border
+  return std::fmin(std::fmax(v, -static_cast<double>(PAD)), static_cast<double>(size));
+}
+
+template <typename T>
+inline Point sample_point(const Geometry& g, const T* offset, const T* mask, int64_t bi, int64_t gi, int64_t i,
+                          int64_t j, int64_t ho, int64_t wo) {
+  const int64_t K = g.kh * g.kw, L = g.Ho * g.Wo, k = i * g.kw + j;
+  const int64_t at = ho * g.Wo + wo;
+  const T* off = offset + (bi * 2 * g.G * K + 2 * (gi * K + k)) * L + at;
+  double y = clamp_coordinate(static_cast<double>(ho * g.sh - g.ph + i * g.dh) + static_cast<double>(off[0]), g.H);
+  double x = clamp_coordinate(static_cast<double>(wo * g.sw - g.pw + j * g.dw) + static_cast<double>(off[L]), g.W);
+  const double y0 = std::floor(y), x0 = std::floor(x);
+  Point p;
+  p.pixel = (static_cast<int64_t>(y0) + PAD) * (g.W + 2 * PAD) + static_cast<int64_t>(x0) + PAD;
+  p.ly = y - y0;
+  p.lx = x - x0;
+  p.m = mask ? static_cast<double>(mask[(bi * g.G * K + gi * K + k) * L + at]) : 1.0;
+  return p;
+}
+
+// cols for the output rows [start, end) of the chunk (row = bi * Ho + ho)
+template <typename T>
+void im2col(const T* __restrict X, const T* offset, const T* mask, T* __restrict cols, const int64_t* geo,
+            int64_t start, int64_t end) {
+  const Geometry g(geo);
+  const int64_t K = g.kh * g.kw, Gs = g.G * g.r, Cs = g.Cs, Wp = g.W + 2 * PAD;
+  const int64_t P = (g.H + 2 * PAD) * Wp;
+  for (int64_t row = start; row < end; ++row) {
+    const int64_t bi = row / g.Ho, ho = row % g.Ho;
+    for (int64_t wo = 0; wo < g.Wo; ++wo) {
+      T* out_pixel = cols + ((row * g.Wo + wo) * Gs) * K * Cs;
+      for (int64_t gi = 0; gi < g.G; ++gi) {
+        for (int64_t i = 0; i < g.kh; ++i) {
+          for (int64_t j = 0; j < g.kw; ++j) {
+            const Point p = sample_point(g, offset, mask, bi, gi, i, j, ho, wo);
+            const T w00 = static_cast<T>((1 - p.ly) * (1 - p.lx) * p.m), w01 = static_cast<T>((1 - p.ly) * p.lx * p.m);
+            const T w10 = static_cast<T>(p.ly * (1 - p.lx) * p.m), w11 = static_cast<T>(p.ly * p.lx * p.m);
+            for (int64_t ri = 0; ri < g.r; ++ri) {
+              const int64_t gs = gi * g.r + ri;
+              const T* a = X + ((bi * Gs + gs) * P + p.pixel) * Cs;
+              const T* c = a + Wp * Cs;
+              T* __restrict o = out_pixel + (gs * K + i * g.kw + j) * Cs;
+#pragma omp simd
+              for (int64_t ch = 0; ch < Cs; ++ch) {
+                o[ch] = w00 * a[ch] + w01 * a[Cs + ch] + w10 * c[ch] + w11 * c[Cs + ch];
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// For the output rows [start, end): the input gradient of the padded input, accumulated into gX (a
+// buffer of X's shape private to the calling thread; null: not needed), and the offset and mask
+// gradients (null: not needed), from the column gradient gcols (the layout of cols).
+template <typename T>
+void col2im_coordinates(const T* __restrict X, const T* offset, const T* mask, const T* __restrict gcols,
+                        T* __restrict gX, T* grad_offset, T* grad_mask, const int64_t* geo, int64_t start,
+                        int64_t end) {
+  const Geometry g(geo);
+  if (gX) std::memset(gX, 0, sizeof(T) * g.b * g.G * g.r * (g.H + 2 * PAD) * (g.W + 2 * PAD) * g.Cs);
+  const int64_t K = g.kh * g.kw, Gs = g.G * g.r, Cs = g.Cs, Wp = g.W + 2 * PAD, L = g.Ho * g.Wo;
+  const int64_t P = (g.H + 2 * PAD) * Wp;
+  const bool coordinates = grad_offset != nullptr || grad_mask != nullptr;
+  for (int64_t row = start; row < end; ++row) {
+    const int64_t bi = row / g.Ho, ho = row % g.Ho;
+    for (int64_t wo = 0; wo < g.Wo; ++wo) {
+      const T* grad_pixel = gcols + ((row * g.Wo + wo) * Gs) * K * Cs;
+      for (int64_t gi = 0; gi < g.G; ++gi) {
+        for (int64_t i = 0; i < g.kh; ++i) {
+          for (int64_t j = 0; j < g.kw; ++j) {
+            const Point p = sample_point(g, offset, mask, bi, gi, i, j, ho, wo);
+            const T w00 = static_cast<T>((1 - p.ly) * (1 - p.lx) * p.m), w01 = static_cast<T>((1 - p.ly) * p.lx * p.m);
+            const T w10 = static_cast<T>(p.ly * (1 - p.lx) * p.m), w11 = static_cast<T>(p.ly * p.lx * p.m);
+            double d00 = 0, d01 = 0, d10 = 0, d11 = 0;  // <grad column, corner value>, over the sub-groups
+            for (int64_t ri = 0; ri < g.r; ++ri) {
+              const int64_t gs = gi * g.r + ri;
+              const int64_t corner = (bi * Gs + gs) * P + p.pixel;
+              const T* __restrict gc = grad_pixel + (gs * K + i * g.kw + j) * Cs;
+              if (coordinates) {
+                const T* a = X + corner * Cs;
+                const T* c = a + Wp * Cs;
+                T s00 = 0, s01 = 0, s10 = 0, s11 = 0;
+#pragma omp simd reduction(+ : s00, s01, s10, s11)
+                for (int64_t ch = 0; ch < Cs; ++ch) {
+                  s00 += gc[ch] * a[ch];
+                  s01 += gc[ch] * a[Cs + ch];
+                  s10 += gc[ch] * c[ch];
+                  s11 += gc[ch] * c[Cs + ch];
+                }
+                d00 += s00; d01 += s01; d10 += s10; d11 += s11;
+              }
+              if (gX) {
+                T* __restrict a = gX + corner * Cs;
+                T* __restrict c = a + Wp * Cs;
+#pragma omp simd
+                for (int64_t ch = 0; ch < Cs; ++ch) {
+                  const T v = gc[ch];
+                  a[ch] += w00 * v;
+                  a[Cs + ch] += w01 * v;
+                  c[ch] += w10 * v;
+                  c[Cs + ch] += w11 * v;
+                }
+              }
+            }
+            if (!coordinates) continue;
+            const int64_t k = i * g.kw + j, at = ho * g.Wo + wo;
+            const double hy = 1 - p.ly, hx = 1 - p.lx;
+            if (grad_offset) {
+              T* go = grad_offset + (bi * 2 * g.G * K + 2 * (gi * K + k)) * L + at;
+              go[0] = static_cast<T>(((d10 - d00) * hx + (d11 - d01) * p.lx) * p.m);
+              go[L] = static_cast<T>(((d01 - d00) * hy + (d11 - d10) * p.ly) * p.m);
+            }
+            if (grad_mask) {
+              grad_mask[(bi * g.G * K + gi * K + k) * L + at] =
+                  static_cast<T>((d00 * hx + d01 * p.lx) * hy + (d10 * hx + d11 * p.lx) * p.ly);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// X's interior for the rows [start, end) of (bi, gs, y): X[bi, gs, y + 2, x + 2, c] = input[bi, gs * Cs + c, y, x]
+// for an input of any strides (elements); the zero border is never written.
+template <typename T>
+void pad(const T* __restrict input, const int64_t* strides, T* __restrict X, const int64_t* geo, int64_t start,
+         int64_t end) {
+  const Geometry g(geo);
+  const int64_t Gs = g.G * g.r, Cs = g.Cs, Wp = g.W + 2 * PAD, Hp = g.H + 2 * PAD;
+  const int64_t s0 = strides[0], s1 = strides[1], s2 = strides[2], s3 = strides[3];
+  for (int64_t row = start; row < end; ++row) {
+    const int64_t y = row % g.H, gs = (row / g.H) % Gs, bi = row / (g.H * Gs);
+    const T* in = input + bi * s0 + gs * Cs * s1 + y * s2;
+    T* out = X + (((bi * Gs + gs) * Hp + y + PAD) * Wp + PAD) * Cs;
+    if (s1 == 1) {  // channels last: copy runs of channels
+      for (int64_t x = 0; x < g.W; ++x) {
+        for (int64_t c = 0; c < Cs; ++c) out[x * Cs + c] = in[x * s3 + c];
+      }
+    } else {
+      for (int64_t c = 0; c < Cs; ++c) {
+        for (int64_t x = 0; x < g.W; ++x) out[x * Cs + c] = in[c * s1 + x * s3];
+      }
+    }
+  }
+}
+
+// grad_input[bi, gs * Cs + c, y, x] = sum over the parts of gX[part, bi, gs, y + 2, x + 2, c] for the rows
+// [start, end) of (bi, gs, y); grad_input contiguous [b, C, H, W], the parts part_stride elements apart.
+template <typename T>
+void unpad(const T* __restrict gX, int64_t parts, int64_t part_stride, T* __restrict grad_input, const int64_t* geo,
+           int64_t start, int64_t end) {
+  const Geometry g(geo);
+  const int64_t Gs = g.G * g.r, Cs = g.Cs, Wp = g.W + 2 * PAD, Hp = g.H + 2 * PAD;
+  for (int64_t row = start; row < end; ++row) {
+    const int64_t y = row % g.H, gs = (row / g.H) % Gs, bi = row / (g.H * Gs);
+    const T* in = gX + (((bi * Gs + gs) * Hp + y + PAD) * Wp + PAD) * Cs;
+    T* out = grad_input + ((bi * Gs + gs) * Cs * g.H + y) * g.W;
+    for (int64_t c = 0; c < Cs; ++c) {
+      for (int64_t x = 0; x < g.W; ++x) {
+        T v = in[x * Cs + c];
+        for (int64_t p = 1; p < parts; ++p) v += in[p * part_stride + x * Cs + c];
+        out[c * g.H * g.W + x] = v;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+void vislab_deform_pad_f32(const float* input, const int64_t* strides, float* X, const int64_t* geo, int64_t start,
+                           int64_t end) {
+  pad<float>(input, strides, X, geo, start, end);
+}
+
+void vislab_deform_pad_f64(const double* input, const int64_t* strides, double* X, const int64_t* geo,
+                           int64_t start, int64_t end) {
+  pad<double>(input, strides, X, geo, start, end);
+}
+
+void vislab_deform_unpad_f32(const float* gX, int64_t parts, int64_t part_stride, float* grad_input,
+                             const int64_t* geo, int64_t start, int64_t end) {
+  unpad<float>(gX, parts, part_stride, grad_input, geo, start, end);
+}
+
+void vislab_deform_unpad_f64(const double* gX, int64_t parts, int64_t part_stride, double* grad_input,
+                             const int64_t* geo, int64_t start, int64_t end) {
+  unpad<double>(gX, parts, part_stride, grad_input, geo, start, end);
+}
+
+
+void vislab_deform_im2col_f32(const float* X, const float* offset, const float* mask, float* cols,
+                              const int64_t* geo, int64_t start, int64_t end) {
+  im2col<float>(X, offset, mask, cols, geo, start, end);
+}
+
+void vislab_deform_im2col_f64(const double* X, const double* offset, const double* mask, double* cols,
+                              const int64_t* geo, int64_t start, int64_t end) {
+  im2col<double>(X, offset, mask, cols, geo, start, end);
+}
+
+void vislab_deform_col2im_f32(const float* X, const float* offset, const float* mask, const float* gcols, float* gX,
+                              float* grad_offset, float* grad_mask, const int64_t* geo, int64_t start, int64_t end) {
+  col2im_coordinates<float>(X, offset, mask, gcols, gX, grad_offset, grad_mask, geo, start, end);
+}
+
+void vislab_deform_col2im_f64(const double* X, const double* offset, const double* mask, const double* gcols,
+                              double* gX, double* grad_offset, double* grad_mask, const int64_t* geo, int64_t start,
+                              int64_t end) {
+  col2im_coordinates<double>(X, offset, mask, gcols, gX, grad_offset, grad_mask, geo, start, end);
+}
+
+int vislab_deform_abi_version() { return 2; }
+
+}  // extern "C"

@@ -23,8 +23,12 @@ def test_end_to_end_embedded_small(tmp_path):
     run = saved["runs"]["small_cnn"]
     assert set(run) >= {"params", "epochs", "train", "val", "test", "time"}
     assert set(run["time"]) == {"fit_s", "epoch_s_mean", "step_ms_mean"}
-    assert 0.0 <= run["test"]["accuracy"] <= 1.0
-    assert run["params"] > 0
+    assert 0.0 <= run["test"]["accuracy"]["mean"] <= 1.0 and len(run["test"]["accuracy"]["per_seed"]) == 1
+    assert run["params"] > 0 and run["checkpoints"] == ["checkpoints/small_cnn/best.ckpt"]
+    # the claim needs the pretrained row, which this run does not have: not shown, and it says why
+    (claim,) = saved["claims"]
+    assert (claim["a"], claim["b"], claim["verdict"]) == ("pretrained", "small_cnn", "not shown")
+    assert "pretrained has no test accuracy" in claim["note"]
     # the Grad-CAM layer is chosen on the validation split (or the default when nothing can be scored)
     choice = run["cam_layer_choice"]
     if choice["how"] == "best validation pointing game":
@@ -41,6 +45,53 @@ def test_end_to_end_embedded_small(tmp_path):
                                       overrides={**TINY, "variants": ("small_cnn",)}))
     assert again["runs"]["small_cnn"]["test"] == run["test"]
     assert again["runs"]["small_cnn"]["train"] == run["train"]
+
+
+def test_two_seeds_both_variants_claim_and_report(tmp_path):
+    """seeds=2: per-seed values, a claim judged on the paired differences over 2 seeds, per-seed checkpoints,
+    and the report's claims table."""
+    out = tmp_path / "run"
+    summary = run_experiment(RunOptions(name="folder-classifier", out=str(out), seeds=2,
+                                        overrides={**TINY, "epochs": 1, "pretrained_epochs": 1, "cam_images": 2}))
+    assert summary["seeds"] == [0, 1] and list(summary["runs"]) == ["small_cnn", "pretrained"]
+    for v, r in summary["runs"].items():
+        assert len(r["test"]["accuracy"]["per_seed"]) == 2 and len(r["train"]["loss"]["per_seed"]) == 2
+        assert r["checkpoints"] == [f"checkpoints/s{s}/{v}/best.ckpt" for s in (0, 1)]
+        assert all((out / c).exists() for c in r["checkpoints"])
+    (claim,) = summary["claims"]
+    assert claim["text"] == "pretrained beats small_cnn on accuracy" and claim["n_seeds"] == 2
+    assert "paired over 2 seeds" in claim["note"] and claim["verdict"] in ("holds", "not shown", "fails")
+    report = (out / "report.md").read_text()
+    assert "## Claims checked" in report and "pretrained beats small_cnn on accuracy" in report
+    assert (out / "figures" / "gradcam_pretrained.png").exists()
+    assert (out / "figures" / "confusion_small_cnn.png").exists()
+
+
+def test_one_seed_claim_is_a_bootstrap_over_test_images(tmp_path):
+    """One seed: the per-image correctness of both variants gives a paired bootstrap interval."""
+    summary = run_experiment(RunOptions(name="folder-classifier", out=str(tmp_path / "run"),
+                                        overrides={**TINY, "epochs": 1, "pretrained_epochs": 1, "cam_images": 1}))
+    (claim,) = summary["claims"]
+    assert "paired bootstrap over 5 test items" in claim["note"]
+    acc = {v: summary["runs"][v]["test"]["accuracy"]["mean"] for v in ("pretrained", "small_cnn")}
+    assert claim["diff"]["mean"] == pytest.approx(acc["pretrained"] - acc["small_cnn"])
+    lo, hi = claim["diff"]["ci95"]
+    assert lo <= claim["diff"]["mean"] <= hi
+
+
+def test_single_field_constraints_are_declared():
+    from vislab.engine.config import check_constraints
+    from vislab.errors import UserError
+    from vislab.experiments.folder_classifier import FolderClassifierConfig
+
+    for bad, match in (({"variants": ("small_cnn", "vgg")}, "invalid value for variants: 'vgg'"),
+                       ({"pretrained_lr": 0.0}, "pretrained_lr must be > 0"),
+                       ({"pretrained_epochs": 0}, "pretrained_epochs must be >= 1"),
+                       ({"cam_images": 0}, "cam_images must be >= 1"),
+                       ({"small_lr": float("inf")}, "small_lr must be a finite number")):
+        with pytest.raises(UserError, match=match):
+            check_constraints(FolderClassifierConfig(**bad))
+    check_constraints(FolderClassifierConfig(pretrained_epochs=None, small_lr=None))
 
 
 def test_existing_run_is_not_overwritten(tmp_path):
@@ -70,8 +121,9 @@ def test_resume_after_kill(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stderr
     lines = (out / "metrics.csv").read_text().strip().splitlines()
-    keys = [tuple(line.split(",")[:3]) for line in lines[1:]]
-    assert keys == [("small_cnn", "train", str(e)) for e in (1, 2, 3, 4)]
+    assert lines[0].startswith("seed,variant,stage,epoch,")
+    keys = [tuple(line.split(",")[:4]) for line in lines[1:]]
+    assert keys == [("0", "small_cnn", "train", str(e)) for e in (1, 2, 3, 4)]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["runs"]["small_cnn"]["epochs"] == 4
     # a second --resume finds the stage finished and only re-evaluates

@@ -16,7 +16,9 @@ from vislab.experiments.sam_finetune import SamFinetune, SamFinetuneConfig
 from vislab.protocol.runner import RunOptions, run_experiment
 
 TINY = {"scenes": 12, "image_size": 64, "encoder_size": 64, "epochs": 2, "aug_copies": 2, "batch_size": 8,
-        "figure_prompts": 2, "grabcut_iters": 1, "test_fraction": 0.25, "val_fraction": 0.2}
+        "figure_prompts": 2, "grabcut_iters": 1, "test_fraction": 0.25, "val_fraction": 0.2, "prompt_images": 1,
+        "n_clicks": 3}
+FAST = {"time_uncached": False, "prompt_images": 0}  # runs that test something else skip the timing and prompts
 
 
 def _run(out: Path, overrides: dict, **opts):
@@ -81,8 +83,22 @@ def test_run_folder_summary_and_report(tiny_run):
     md = (out / "report.md").read_text()
     for text in ("Image encoder that ran", "EfficientNet-Lite0", "IoU per object shape", "Embedding cache",
                  "test_predictions.png", "rows_compared.png", "grabcut", "no zero-shot row", "Claims checked",
-                 "finetuned beats grabcut on iou", "finetuned beats box on iou"):
+                 "finetuned beats grabcut on mIoU", "finetuned beats box on mIoU"):
         assert text in md, text
+    for name in ("iou_vs_clicks.png", "click_sequences.png"):
+        assert (out / "figures" / name).exists() and name in md, name
+    assert "Prompts: points, clicks and boundaries" in md and "NoC@85" in md
+    p = saved["prompts"]
+    assert p["images"] == 1 and p["objects"] >= 1 and p["max_clicks"] == 3
+    assert list(p["rows"]) == ["fine-tuned", "before fine-tuning", "classical"]
+    for row, r in p["rows"].items():
+        assert list(r["table"]) == ["box", "1 point", "3 points", "5 clicks"], row
+        for m in r["table"].values():
+            assert set(m) == {"iou", "dice", "nsd", "boundary_iou"} and all(0 <= v <= 1 for v in m.values())
+        c = r["clicks"]
+        assert c["clicks"] == [1, 2, 3] and len(c["miou"]) == 3 and 1 <= c["noc@85"] <= 3 and r["seconds"] > 0
+        assert (r["box_clicks"] is None) == (row == "classical")
+    assert p["rows"]["fine-tuned"]["box_clicks"]["clicks"] == [0, 1, 2, 3]
     assert model.kind == "offline"
     reloaded = result.model("finetuned")  # RunResult loads the best checkpoint on demand
     for k, v in reloaded.decoder.state_dict().items():
@@ -108,7 +124,7 @@ def test_two_seeds_pair_the_claims(tmp_path):
     untrained baselines' single value pairs with each); the report has the claims table."""
     out = tmp_path / "run"
     result = run_experiment(RunOptions(name="sam-finetune", out=str(out), seeds=2,
-                                       overrides={**TINY, "epochs": 1, "time_uncached": False, "figure_prompts": 1}))
+                                       overrides={**TINY, **FAST, "epochs": 1, "figure_prompts": 1}))
     ft = result["runs"]["finetuned"]
     assert len(ft["test"]["iou"]["per_seed"]) == 2 and ft["test"]["iou"]["ci95"] is not None
     assert len(set(ft["test"]["loss"]["per_seed"])) == 2  # other seeds, other decoders (1 epoch: IoU may be 0 twice)
@@ -117,6 +133,16 @@ def test_two_seeds_pair_the_claims(tmp_path):
     md = (out / "report.md").read_text()
     assert "Claims checked" in md and "over 2 seeds" in md
     assert "speedup" not in result["cache"]
+
+
+def test_mixed_prompt_training_runs_and_says_so(tmp_path):
+    """prompts=mixed trains through the click rounds and validates on the box and the deepest point; the test rows
+    stay box-prompted (the same boxes as the baselines)."""
+    result, _ = _run(tmp_path / "run", {**TINY, **FAST, "epochs": 1, "prompts": "mixed", "figure_prompts": 0})
+    ft = result["runs"]["finetuned"]
+    assert ft["epochs"] == 1 and np.isfinite(ft["train"]["loss"]["mean"])
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "rounds of error clicks" in md and "Prompts: points" not in md
 
 
 def test_segment_cli_on_the_trained_checkpoint(tiny_run, tmp_path):
@@ -169,7 +195,7 @@ def test_data_folder_never_generated(tmp_path):
     data = _unseen_folder(tmp_path / "coins")
     summary, _ = _run(tmp_path / "run", {"image_size": 64, "encoder_size": 64, "epochs": 2, "aug_copies": 2,
                                          "batch_size": 8, "figure_prompts": 2, "grabcut_iters": 1,
-                                         "test_fraction": 0.2, "time_uncached": False}, data=str(data))
+                                         "test_fraction": 0.2, **FAST}, data=str(data))
     summary = summary.summary
     d = summary["data"]
     assert d["name"] == "coins" and d["train"] + d["val"] + d["test"] == 14
@@ -190,7 +216,7 @@ def test_init_from_an_earlier_run_fine_tunes_it_with_a_zero_shot_row(tiny_run, t
     data = _unseen_folder(tmp_path / "coins", size=64)
     summary, model = _run(tmp_path / "run", {"image_size": 64, "epochs": 1, "aug_copies": 1, "batch_size": 8,
                                              "figure_prompts": 2, "grabcut_iters": 1, "test_fraction": 0.2,
-                                             "time_uncached": False, "init": str(ckpt)}, data=str(data))
+                                             **FAST, "init": str(ckpt)}, data=str(data))
     assert list(summary["runs"]) == ["finetuned"] and list(summary["baselines"]) == ["zero_shot", "box", "grabcut"]
     assert summary["encoder"]["init"] == str(ckpt) and summary["baselines"]["zero_shot"]["epochs"] == 0
     init = load_finetuned(ckpt)

@@ -1,21 +1,13 @@
 """Experiment ``sam-finetune`` (SPEC §8): SAM's mask decoder fine-tuned with box prompts on a frozen encoder.
 
-* **the model** (``vislab.models.sam``): by default SAM's ``PromptEncoder`` + ``MaskDecoder`` on a frozen
-  ImageNet EfficientNet-Lite0 cut at stride 16 with a trained 1×1-conv + LayerNorm2d neck (offline: no SAM
-  weights can be downloaded here); with ``--set sam_checkpoint=FILE`` (and ``model_type``), the official SAM
-  ViT encoder and its decoder weights.
-* **the embedding cache** (the data step, :mod:`vislab.data.sam_prompts`): every training image is augmented
-  ``aug_copies`` times once and each view encoded once; epochs only run the decoder on cached features. The
-  run also times an epoch without the cache (:func:`vislab.engine.tasks.sam_decoder.time_epochs`).
-* **training** (MedSAM's recipe, :class:`vislab.engine.tasks.sam_decoder.SamDecoderTask`): one box prompt per
-  object, the box of its mask with each side moved out by a seeded 0-20 px at 1024 px, re-drawn every epoch
-  (``prompts=points|mixed``: SAM's point and error-click prompts instead); DiceCE; AdamW; the prompt encoder
-  frozen; early stopping and the best checkpoint on validation IoU.
-* **rows on the same test prompts**: ``finetuned``; untrained baselines ``zero_shot`` (the official SAM, or
-  the ``init`` checkpoint, before fine-tuning), ``box`` (the prompt box filled) and ``grabcut``.
-
-Data: ``--data DIR`` with ``images/`` + ``masks/`` (``vislab.data.masks``); default: generated scenes of
-rings, bands, blobs and stars on scikit-image photos. Split: seeded, saved as ``split.json``.
+The model (``vislab.models.sam``): SAM's prompt encoder + mask decoder on a frozen ImageNet EfficientNet-Lite0
+(offline), or the official SAM with ``sam_checkpoint``. The data step encodes every view once (the embedding
+cache, :mod:`vislab.data.sam_prompts`); the decoder trains on cached features (MedSAM's recipe, or SAM's point
+and click prompts with ``prompts=points|mixed``: :class:`vislab.engine.tasks.sam_decoder.SamDecoderTask`).
+Rows on the same test boxes: ``finetuned``; untrained ``zero_shot`` (official SAM or ``init`` before
+fine-tuning), ``box`` (filled) and ``grabcut``. The report adds the prompt table (box, points, clicks; IoU,
+Dice, NSD, boundary IoU), NoC@85/90 and IoU against clicks (``vislab.models.sam_clicks``).
+Data: ``--data DIR`` (``images/`` + ``masks/``, ``vislab.data.masks``) or generated scenes; a seeded split.
 """
 
 from __future__ import annotations
@@ -79,7 +71,9 @@ class SamFinetuneConfig(CommonConfig):
     init: str | None = None  # start from an earlier sam-finetune checkpoint (its best.ckpt); zero_shot row = it
     time_uncached: bool = True  # also time an epoch with and one without the cache (re-augment + re-encode)
     time_fraction: float = param(1.0, gt=0, le=1)  # those two timed epochs run over this fraction of the images
-    figure_prompts: int = param(8, ge=0)  # test prompts shown in the four-column figure
+    figure_prompts: int = param(8, ge=0)  # test prompts shown in the four-column figure (and click sequences)
+    prompt_images: int = param(20, ge=0)  # first test images whose objects get the prompt table and clicks (0: off)
+    n_clicks: int = param(9, ge=1)  # simulated clicks per object (IoU-vs-clicks, NoC@85/90)
 
 
 @dataclass
@@ -95,6 +89,7 @@ class _Data:
     seed: int  # the base seed (the data's)
     info: dict[str, Any]
     init_decoder: Any = None  # the zero_shot row's decoder (official SAM or init), else None
+    prompt_eval: dict[str, Any] | None = None  # the prompt evaluation's curves and click sequences (for the report)
 
 
 def _scores(pred: Tensor, target: Tensor) -> Tensor:
@@ -126,11 +121,11 @@ class SamFinetune(Experiment):
     def demo_overrides(self, quick: bool) -> dict[str, Any]:
         if quick:
             return {"scenes": 40, "image_size": 64, "encoder_size": 128, "epochs": 2, "aug_copies": 2,
-                    "figure_prompts": 4, "grabcut_iters": 3, "time_fraction": 0.5}
+                    "figure_prompts": 4, "grabcut_iters": 3, "time_fraction": 0.5, "prompt_images": 1, "n_clicks": 3}
         # measured on 2 idle cores with the fine features: 7.8 s per epoch, test mIoU 0.765 after 11 epochs (val
         # 0.794; box 0.428, grabcut 0.604), 120 s in all; without them 0.646 after 8 epochs
         return {"scenes": 300, "image_size": 96, "encoder_size": 192, "epochs": 11, "aug_copies": 2,
-                "patience": 11, "time_fraction": 0.25}
+                "patience": 11, "time_fraction": 0.25, "prompt_images": 3}
 
     def variants(self, cfg: SamFinetuneConfig) -> list[str]:
         return ["finetuned"]
@@ -285,8 +280,8 @@ class SamFinetune(Experiment):
     def run_variant(self, ctx: RunContext, data: _Data, variant: str) -> VariantResult:
         cfg: SamFinetuneConfig = ctx.cfg
         device = ctx.device()
-        seed_everything(cfg.seed)
-        model = self._build_model(cfg)
+        seed_everything(cfg.seed)  # the base seed's model was built right after the same call: copy it
+        model = copy.deepcopy(data.model) if cfg.seed == data.seed else self._build_model(cfg)
         train = TrainPrompts(data.pv["train"], jitter=data.jitter, seed=cfg.seed, image_size=cfg.image_size)
         module = self._task(cfg, model, train, data)
         loaders = {k: eval_loader(data.sets[k], batch_size=cfg.batch_size, num_workers=cfg.num_workers)
@@ -347,7 +342,34 @@ class SamFinetune(Experiment):
         return {"encoder": {"kind": model.kind, "model_type": model.model_type, "weights": model.weights,
                             "description": model.describe(), "init": cfg.init},
                 "per_shape": per_shape, "cache": self._cache(cfg, data, result),
-                "finetuned_beats_baselines": bool(ft > best), "margin_over_best_baseline": round(ft - best, 4)}
+                "finetuned_beats_baselines": bool(ft > best), "margin_over_best_baseline": round(ft - best, 4),
+                "prompts": self._prompts(ctx, data, result)}
+
+    def _prompts(self, ctx: RunContext, data: _Data, result: Any) -> dict[str, Any] | None:
+        """Fine-tuned (first seed), before fine-tuning and the click-seeded classical baseline prompted with the
+        box, points and simulated clicks on the objects of the first ``prompt_images`` test images."""
+        from vislab.engine.tasks.sam_decoder import evaluate_prompts
+        from vislab.models.seg_baselines import ClickSeededSegmenter
+        from vislab.report.sam_figures import pick_prompts
+
+        cfg: SamFinetuneConfig = ctx.cfg
+        first = result.variants[result.seeds[0]].get("finetuned")
+        ts = data.sets["test"]
+        js = [j for j, (i, _) in enumerate(ts.pv.objects) if i < cfg.prompt_images]
+        if first is None or not js:
+            return None
+        images, masks = [ts.image(j) for j in js], [ts.mask(j) for j in js]
+        rows = {"fine-tuned": first.state["model"], "before fine-tuning": data.model.cpu().eval(),
+                "classical": ClickSeededSegmenter(grabcut_iters=cfg.grabcut_iters)}
+        ev = evaluate_prompts(rows, images, masks, ts.boxes[js], n_clicks=cfg.n_clicks, keep_masks=("fine-tuned",),
+                              clicks_only=("classical",))
+        runs = ev["curves"]["fine-tuned"][0].runs
+        picks = pick_prompts([ts.pv.kinds[j] for j in js], cfg.figure_prompts)
+        data.prompt_eval = {"curves": ev["curves"], "sequences": (
+            [images[p] for p in picks], [runs[p] for p in picks], [masks[p] for p in picks],
+            [ts.pv.kinds[js[p]] for p in picks])}
+        return {"images": min(cfg.prompt_images, len(ts.pv.images)), "objects": len(js), "max_clicks": cfg.n_clicks,
+                "tau": ev["tau"], "dilation_ratio": ev["dilation_ratio"], "rows": ev["summary"]}
 
     def _cache(self, cfg: SamFinetuneConfig, data: _Data, result: Any) -> dict[str, Any]:
         st = result.variants[result.seeds[0]].get("finetuned")
@@ -369,8 +391,9 @@ class SamFinetune(Experiment):
                       f"{tokens}×{tokens}); no SAM weights were used, so there is no zero-shot row (pass `--set "
                       "sam_checkpoint=FILE` for the official SAM)."))
         prompts = {"box": "one box per object", "points": "SAM-Med2D's 1–3 positive and 0–2 negative points per "
-                   "object", "mixed": "per batch a box, points, or one point plus 1–3 rounds of error clicks with "
-                   "the previous logits as mask prompt (SAM's iterative training)"}[cfg.prompts]
+                   "object; validation prompts with each object's deepest pixel", "mixed": "per batch a box, points, "
+                   "or one point plus 1–3 rounds of error clicks with the previous logits as mask prompt (SAM's "
+                   "iterative training); validation: the mean of the box's and the deepest pixel's IoU"}[cfg.prompts]
         return (f"{encoder} Boxes: the ground-truth mask's box with each side moved out by a seeded "
                 f"0–{data.jitter:.3g} px (MedSAM's 0–{cfg.jitter_px:g} px at 1024 px, scaled); test boxes are fixed "
                 f"and the same for every row and seed. Training prompts: {prompts}. {cfg.aug_copies} view(s) per "
@@ -383,7 +406,7 @@ class SamFinetune(Experiment):
                 "logits > 0. Test rows are all prompted with the same boxes.")
 
     def report(self, ctx: RunContext, rep: Any, result: Any, data: _Data) -> None:
-        from vislab.report.sam_figures import cache_table
+        from vislab.report.sam_figures import cache_table, prediction_figures, prompt_section
 
         cfg: SamFinetuneConfig = ctx.cfg
         summary, info = result.summary, data.info
@@ -415,34 +438,13 @@ class SamFinetune(Experiment):
                                                       for k, v in summary["per_shape"].items()],
                   caption=f"Mean test IoU per shape (seed {result.seeds[0]}). A filled box covers the hole of a ring "
                   "and most of a band's box, which is where box prompts alone fail.")
-        self._prediction_figures(ctx, rep, result, data)
+        first = result.variants[result.seeds[0]].get("finetuned")
+        if first is not None:
+            prediction_figures(rep, ctx.run.figure, data.sets["test"], first.state["model"], data.init_decoder,
+                               {k: r.state["masks"] for k, r in result.baseline_results.items() if k != "zero_shot"},
+                               self._per_prompt(result), cfg.figure_prompts)
+        if summary.get("prompts"):
+            pe = data.prompt_eval or {}
+            prompt_section(rep, summary["prompts"], figure=ctx.run.figure, sequences=pe.get("sequences"),
+                           curves=pe.get("curves"))
         cache_table(rep, summary["cache"])
-
-    def _prediction_figures(self, ctx: RunContext, rep: Any, result: Any, data: _Data) -> None:
-        from vislab.report.sam_figures import pick_prompts, rows_compared_figure, test_predictions_figure
-
-        ts = data.sets["test"]
-        picks = pick_prompts(ts.pv.kinds, ctx.cfg.figure_prompts)
-        first = result.variants[result.seeds[0]]
-        if not picks or "finetuned" not in first:
-            return
-        rep.heading("Test prompts")
-        feats = torch.stack([ts[j][0] for j in picks])
-        boxes = ts.boxes[picks]
-        with torch.no_grad():
-            prob = torch.sigmoid(first["finetuned"].state["model"].decoder.eval()(feats, boxes))[:, 0]  # (P, S, S)
-            masks = {"zero_shot": data.init_decoder.cpu().eval()(feats, boxes)[:, 0] > 0} \
-                if data.init_decoder is not None else {}
-        per_prompt = self._per_prompt(result)
-        images, gts, kinds = [ts.image(j) for j in picks], [ts.mask(j) for j in picks], [ts.pv.kinds[j] for j in picks]
-        rep.figure(test_predictions_figure(images, boxes, prob, gts, kinds,
-                                           [float(per_prompt["finetuned"][j, 0]) for j in picks],
-                                           ctx.run.figure("test_predictions.png")),
-                   "Test prompts: the input with its box prompt, the fine-tuned model's mask (probability > 0.5), "
-                   "its probability map and the ground truth.")
-        masks = {"box": result.baseline_results["box"].state["masks"][picks],
-                 "grabcut": result.baseline_results["grabcut"].state["masks"][picks], **masks, "finetuned": prob > 0.5}
-        rep.figure(rows_compared_figure(images, boxes, masks, {r: [float(per_prompt[r][j, 0]) for j in picks]
-                                                                for r in masks}, gts, kinds,
-                                        ctx.run.figure("rows_compared.png")),
-                   "The same prompts for every row, with each row's IoU.")

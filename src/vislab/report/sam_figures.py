@@ -14,7 +14,8 @@ from torch import Tensor
 
 from vislab.report import figures
 
-__all__ = ["cache_table", "draw_box", "heat", "pick_prompts", "rows_compared_figure", "test_predictions_figure"]
+__all__ = ["cache_table", "draw_box", "heat", "pick_prompts", "prediction_figures", "prompt_section",
+           "rows_compared_figure", "test_predictions_figure"]
 
 
 def draw_box(image: Tensor, box: Tensor) -> np.ndarray:
@@ -108,3 +109,83 @@ def cache_table(rep: Any, c: dict[str, Any]) -> None:
             "the gain grows with the encoder's cost (SAM's ViT at 1024 px costs far more per image than the decoder).")
         rep.text(f"Cached epochs are **{c['speedup']:.1f}×** faster than re-encoding; this "
                  f"{'meets' if c['target_10x_met'] else '**misses**'} the 10× target.{why}")
+
+
+def prompt_section(rep: Any, ev: dict[str, Any], *, figure: Any, sequences: tuple[list, list, list, list] | None,
+                   curves: dict[str, Any] | None) -> None:
+    """The report's section on prompts (issue 24): the table rows × prompt kinds (IoU, Dice, NSD, boundary IoU),
+    NoC@85/90 for clicks alone and box + clicks, the IoU-vs-clicks figure (``curves``: ``{row: (clicks,
+    box_clicks)}`` ClickEvaluations) and test objects with their click sequences (``sequences``: images, runs,
+    masks, titles). ``ev``: the ``"prompts"`` entry of the summary; ``figure(name)`` gives a figure's path."""
+    from vislab.models.sam_clicks import plot_click_sequences, plot_iou_vs_clicks
+
+    rows = ev["rows"]
+    rep.heading("Prompts: points, clicks and boundaries")
+    n = ev["max_clicks"]
+    rep.text(f"{ev['objects']} objects of the first {ev['images']} test images, prompted the ways SAM is used "
+             "(`vislab.models.sam_clicks`): the test box; 1 or 3 positive points placed at once (the deepest pixel, "
+             "then farthest-point sampling of the object's core); 5 simulated clicks (RITM's protocol: each click at "
+             "the centre of the largest error, positive in a miss, negative in a false alarm, the previous "
+             "low-resolution logits passed as the mask prompt). The classical row answers points and clicks with "
+             "scikit-image's random walker seeded by the same clicks, and a lone box with GrabCut; it has no mask "
+             f"prompt. Evaluating all rows took {sum(r['seconds'] for r in rows.values()):.1f} s.")
+    table = [[row, kind, *(f"{m[k]:.3f}" for k in ("iou", "dice", "nsd", "boundary_iou"))]
+             for row, d in rows.items() for kind, m in d["table"].items()]
+    rep.table(["row", "prompt", "mIoU", "Dice", f"NSD (τ = {ev['tau']:g} px)", "boundary IoU"], table,
+              caption="Means over the objects. NSD: the share of both surfaces within τ px of the other (MedSAM); "
+              f"boundary IoU: IoU of the bands within {ev['dilation_ratio']:.0%} of the diagonal of the contours "
+              "(Cheng et al. 2021).")
+    noc = []
+    for row, d in rows.items():
+        for what, c in (("clicks", d["clicks"]), ("box + clicks", d["box_clicks"])):
+            if c is None:
+                continue
+            noc.append([row, what, f"{c['noc@85']:.2f}", c["nof@85"], f"{c['noc@90']:.2f}", c["nof@90"],
+                        f"{c['miou'][0]:.3f}", f"{c['miou'][-1]:.3f}"])
+    rep.table(["row", "prompts", "NoC@85", "NoF@85", "NoC@90", "NoF@90", "first mIoU", f"mIoU after {n} clicks"],
+              noc, caption=f"NoC@τ: mean number of clicks to reach IoU τ, an object never reaching it within {n} "
+              "clicks counted as "
+              f"{n} (RITM's cap); NoF: how many never reached it. With a box, the box alone counts 0 clicks and the "
+              "first mIoU is the box's. The classical row has no box + clicks: seeded by a box and only negative "
+              "clicks, the random walker has no foreground seed.")
+    if curves:
+        lines = {}
+        for row, (alone, boxed) in curves.items():
+            lines[row] = alone
+            if boxed is not None:
+                lines[f"{row}, box + clicks"] = boxed
+        rep.figure(plot_iou_vs_clicks(lines, figure("iou_vs_clicks.png")),
+                   "Mean IoU against the number of clicks (0 = the box alone), NoC in the legend.")
+    if sequences and sequences[1]:
+        rep.figure(plot_click_sequences(*sequences[:3], figure("click_sequences.png"), titles=sequences[3]),
+                   f"The fine-tuned model's {n} simulated clicks on test objects: green positive, red negative "
+                   "(numbered), ground truth outlined in white, the final mask in blue.")
+
+
+def prediction_figures(rep: Any, figure: Any, ts: Any, model: Any, init_decoder: Any, baseline_masks: dict[str, Tensor],
+                       per_prompt: dict[str, Tensor], n: int) -> None:
+    """The "Test prompts" section: ``n`` test prompts of ``ts`` (``vislab.data.sam_prompts.FixedPrompts``), the
+    fine-tuned ``model``'s masks and probabilities, then every row side by side (the baselines' masks
+    ``Tensor[N, S, S]`` for all prompts; ``init_decoder``: the zero_shot row's decoder, or ``None``), titled with
+    their IoU (``per_prompt[row]`` ``Tensor[N, 2]``). ``figure(name)`` gives a figure's path."""
+    import torch
+
+    picks = pick_prompts(ts.pv.kinds, n)
+    if not picks:
+        return
+    rep.heading("Test prompts")
+    feats = torch.stack([ts[j][0] for j in picks])
+    boxes = ts.boxes[picks]
+    with torch.no_grad():
+        prob = torch.sigmoid(model.decoder.cpu().eval()(feats, boxes))[:, 0]  # (P, S, S)
+        zero = {"zero_shot": init_decoder.cpu().eval()(feats, boxes)[:, 0] > 0} if init_decoder is not None else {}
+    images, gts, kinds = [ts.image(j) for j in picks], [ts.mask(j) for j in picks], [ts.pv.kinds[j] for j in picks]
+    rep.figure(test_predictions_figure(images, boxes, prob, gts, kinds, [float(per_prompt["finetuned"][j, 0])
+                                                                          for j in picks],
+                                       figure("test_predictions.png")),
+               "Test prompts: the input with its box prompt, the fine-tuned model's mask (probability > 0.5), its "
+               "probability map and the ground truth.")
+    masks = {**{k: m[picks] for k, m in baseline_masks.items()}, **zero, "finetuned": prob > 0.5}
+    scores = {r: [float(per_prompt[r][j, 0]) for j in picks] for r in masks}
+    rep.figure(rows_compared_figure(images, boxes, masks, scores, gts, kinds, figure("rows_compared.png")),
+               "The same prompts for every row, with each row's IoU.")

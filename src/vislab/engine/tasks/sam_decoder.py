@@ -271,3 +271,45 @@ def cache_summary(pv: dict[str, PromptViews], cache_s: float, *, views_per_image
         c["speedup"] = round(timing["uncached_epoch_s"] / max(timing["cached_epoch_s"], 1e-9), 2)
         c["target_10x_met"] = bool(c["speedup"] >= 10)
     return c
+
+
+# ---------------------------------------------------------------------------------------------
+# points, clicks and boundaries (issue 24): every row on the same test objects
+# ---------------------------------------------------------------------------------------------
+
+PROMPT_KINDS = ("box", "1 point", "3 points", "5 clicks")
+
+
+def evaluate_prompts(predictors: dict[str, Any], images: list[Any], masks: list[Tensor], boxes: Tensor, *,
+                     kinds: tuple[str, ...] = PROMPT_KINDS, n_clicks: int = 9,
+                     keep_masks: tuple[str, ...] = (), clicks_only: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Each predictor (``SamPrompter``-like, continuous coordinates; see ``vislab.models.sam_clicks``) on the
+    objects ``masks[i]`` (bool ``[S, S]``) of ``images[i]`` (consecutive objects of one image share the image
+    object, so it is encoded once): :func:`~vislab.models.sam_clicks.prompt_table` over ``kinds`` with the
+    test boxes ``boxes`` (``Tensor[N, 4]``), and the simulated-click protocol with ``n_clicks`` clicks alone
+    and after the box (``box + clicks``), NoC@85/90.
+
+    Returns ``{"summary": {row: {"table", "clicks", "box_clicks", "seconds"}}, "curves": {row: (clicks,
+    box_clicks) ClickEvaluation}}``; rows in ``keep_masks`` keep each round's masks (for figures); rows in
+    ``clicks_only`` skip box + clicks (``box_clicks`` ``None``: the click-seeded baseline cannot take a box
+    with only negative clicks).
+    """
+    from vislab.models.sam_clicks import evaluate_clicks, prompt_table
+
+    if not masks or len(images) != len(masks) or len(boxes) != len(masks):
+        raise ValueError(f"images, masks and boxes must pair up and be non-empty, got {len(images)}, {len(masks)}, "
+                         f"{len(boxes)}")
+    bx = boxes.double().numpy()
+    summary: dict[str, Any] = {}
+    curves: dict[str, Any] = {}
+    for name, pred in predictors.items():
+        t0 = time.perf_counter()
+        table = prompt_table(pred, images, masks, prompt_kinds=kinds, boxes=bx)
+        alone = evaluate_clicks(pred, images, masks, n_clicks=n_clicks, keep_masks=name in keep_masks)
+        boxed = None if name in clicks_only else evaluate_clicks(pred, images, masks, n_clicks=n_clicks, box=True,
+                                                                 boxes=bx)
+        summary[name] = {"table": {k: {m: round(v, 6) for m, v in d.items()} for k, d in table["mean"].items()},
+                         "clicks": alone.summary(), "box_clicks": None if boxed is None else boxed.summary(),
+                         "seconds": round(time.perf_counter() - t0, 3)}
+        curves[name] = (alone, boxed)
+    return {"summary": summary, "curves": curves, "tau": 2.0, "dilation_ratio": 0.02}

@@ -1,0 +1,110 @@
+"""SamDecoderTask's prompts (box, points, mixed with error-click rounds) on real decoder features, and
+evaluate_prompts on predictors whose answers are known."""
+
+import numpy as np
+import pytest
+import torch
+
+from vislab.data.sam_prompts import deepest_point
+from vislab.engine.tasks.sam_decoder import SamDecoderTask, evaluate_prompts
+
+
+@pytest.fixture(scope="module")
+def batch():
+    from vislab.models.sam import offline_box_sam
+
+    torch.manual_seed(0)
+    model = offline_box_sam(64, encoder_size=64, pretrained=False, fine=False)
+    images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        feats = model.encoder(images)
+    masks = torch.zeros(4, 1, 64, 64)
+    for i, (r, c, s) in enumerate(((10, 10, 20), (30, 5, 12), (5, 40, 18), (40, 40, 16))):
+        masks[i, 0, r:r + s, c:c + s] = 1
+    boxes = torch.tensor([[c, r, c + s, r + s] for r, c, s in ((10, 10, 20), (30, 5, 12), (5, 40, 18), (40, 40, 16))],
+                         dtype=torch.float32)
+    return model, feats, boxes, masks, torch.arange(4)
+
+
+@pytest.mark.parametrize("prompts", ["points", "mixed"])
+def test_sampled_prompts_train_the_decoder_and_repeat_with_the_seed(batch, prompts):
+    model, feats, boxes, masks, ids = batch
+    task = SamDecoderTask(model.decoder, prompts=prompts, seed=3, jitter=2.0)
+    task.train()
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(123)  # the prompts come from their own generator, not the global one
+        logits = task.sampled_logits(feats, boxes, masks, ids)
+        assert logits.shape == (4, 1, 64, 64) and torch.isfinite(logits).all()
+        outs.append(logits.detach())
+    assert torch.equal(outs[0], outs[1])  # same (seed, epoch, ids): same prompts
+    loss, scores, _ = task.compute_loss((feats, boxes, masks, ids))
+    loss.backward()
+    grads = [p.grad for p in model.decoder.mask_decoder.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    assert scores.shape == (4, 2)
+    model.decoder.zero_grad(set_to_none=True)
+
+
+def test_mixed_draws_every_kind_over_batches(batch):
+    """Over many batches 'mixed' draws boxes, points and error-click rounds (SAM's iterative training)."""
+    from vislab.models.sam_clicks import sample_prompts
+
+    _, _, _, masks, _ = batch
+    kinds = set()
+    for k in range(30):
+        gen = torch.Generator().manual_seed(k)
+        kinds.add(sample_prompts(masks[:, 0] > 0.5, "mixed", generator=gen).kind)
+    assert kinds == {"box", "points", "clicks"}
+
+
+def test_eval_prompt_point_uses_the_deepest_pixel(batch):
+    model, feats, boxes, masks, ids = batch
+    task = SamDecoderTask(model.decoder, prompts="points").eval()
+    assert task.eval_prompt == "point"
+    with torch.no_grad():
+        loss, out, _ = task.compute_loss((feats, boxes, masks, ids))
+        pts = torch.stack([deepest_point(m[0] > 0.5) for m in masks])[:, None]
+        direct = model.decoder(feats, points=pts, point_labels=torch.ones(4, 1, dtype=torch.long))
+    assert torch.allclose(task.point_logits(feats, masks), direct)
+    assert deepest_point(masks[0, 0] > 0.5).tolist() == [19.5, 19.5]  # a 20 px square at (10, 10): its centre
+    both = SamDecoderTask(model.decoder, prompts="mixed").eval()
+    with torch.no_grad():
+        assert both.eval_prompt == "both" and torch.isfinite(both.compute_loss((feats, boxes, masks, ids))[0])
+    with pytest.raises(ValueError, match="prompts must be one of box, points, mixed"):
+        SamDecoderTask(model.decoder, prompts="clicks")
+
+
+class _Oracle:
+    """Answers every prompt with the ground truth of the object on the set image (image k is filled with k)."""
+
+    def __init__(self, masks):
+        self.masks, self.i = masks, None
+
+    def set_image(self, image):
+        self.i = int(image[0, 0, 0])
+
+    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None, multimask_output=False):
+        return self.masks[self.i].numpy()[None], np.array([1.0]), np.zeros((1, 16, 16), np.float32)
+
+
+def test_evaluate_prompts_on_an_oracle_and_an_empty_predictor():
+    masks = [torch.zeros(32, 32, dtype=torch.bool) for _ in range(2)]
+    masks[0][4:20, 4:20] = True
+    masks[1][10:30, 12:18] = True
+    images = [torch.zeros(3, 32, 32, dtype=torch.uint8), torch.ones(3, 32, 32, dtype=torch.uint8)]
+    boxes = torch.tensor([[4.0, 4, 20, 20], [12.0, 10, 18, 30]])
+
+    class Empty(_Oracle):
+        def predict(self, **kw):
+            return np.zeros((1, 32, 32), bool), np.array([0.0]), np.zeros((1, 16, 16), np.float32)
+
+    ev = evaluate_prompts({"oracle": _Oracle(masks), "empty": Empty(masks)}, images, masks, boxes, n_clicks=3,
+                          clicks_only=("empty",))
+    o, e = ev["summary"]["oracle"], ev["summary"]["empty"]
+    assert all(m == {"iou": 1.0, "dice": 1.0, "nsd": 1.0, "boundary_iou": 1.0} for m in o["table"].values())
+    assert o["clicks"]["noc@85"] == 1 and o["box_clicks"]["noc@90"] == 0 and o["clicks"]["nof@90"] == 0
+    assert e["table"]["box"]["iou"] == 0 and e["clicks"]["noc@85"] == 3 and e["clicks"]["nof@85"] == 2
+    assert e["box_clicks"] is None and ev["curves"]["empty"][1] is None
+    with pytest.raises(ValueError, match="must pair up"):
+        evaluate_prompts({"oracle": _Oracle(masks)}, images, masks[:1], boxes)

@@ -15,9 +15,11 @@
 // A sampling point reads y = ho * sh - ph + i * dh + dy clamped to [-2, H] (and x likewise); its four
 // corners lie in the padded map, so a point outside reads the zero border: torchvision's rule (zero
 // outside, each corner outside counts 0) without a bounds test. A NaN coordinate reads the border.
+// Compiled with -O3 -march=native -fopenmp-simd (the simd pragmas need no OpenMP runtime).
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 namespace {
 
@@ -30,32 +32,63 @@ struct Geometry {
         sh(g[10]), sw(g[11]), ph(g[12]), pw(g[13]), dh(g[14]), dw(g[15]) {}
 };
 
-struct Point {
-  int64_t pixel;          // flat index of the top-left corner in one padded (H + 4) x (W + 4) map
-  double ly, lx, m;       // fractional parts and modulation
-};
-
-inline double clamp_coordinate(double v, int64_t size) {
-  // fmax/fmin return the non-NaN argument: a NaN coordinate goes to the border
-  return std::fmin(std::fmax(v, -static_cast<double>(PAD)), static_cast<double>(size));
-}
-
+// The sampling points of one output row (bi, ho), in the order (g, k, wo): the top-left corner's flat
+// index in one padded map, the fractional parts and the modulation. A whole row at a time, so that the
+// coordinate arithmetic vectorises along wo (where the offsets are contiguous). Coordinates are
+// computed in T, as torchvision does (float32 for float32 data).
 template <typename T>
-inline Point sample_point(const Geometry& g, const T* offset, const T* mask, int64_t bi, int64_t gi, int64_t i,
-                          int64_t j, int64_t ho, int64_t wo) {
-  const int64_t K = g.kh * g.kw, L = g.Ho * g.Wo, k = i * g.kw + j;
-  const int64_t at = ho * g.Wo + wo;
-  const T* off = offset + (bi * 2 * g.G * K + 2 * (gi * K + k)) * L + at;
-  double y = clamp_coordinate(static_cast<double>(ho * g.sh - g.ph + i * g.dh) + static_cast<double>(off[0]), g.H);
-  double x = clamp_coordinate(static_cast<double>(wo * g.sw - g.pw + j * g.dw) + static_cast<double>(off[L]), g.W);
-  const double y0 = std::floor(y), x0 = std::floor(x);
-  Point p;
-  p.pixel = (static_cast<int64_t>(y0) + PAD) * (g.W + 2 * PAD) + static_cast<int64_t>(x0) + PAD;
-  p.ly = y - y0;
-  p.lx = x - x0;
-  p.m = mask ? static_cast<double>(mask[(bi * g.G * K + gi * K + k) * L + at]) : 1.0;
-  return p;
-}
+struct RowPoints {
+  std::vector<int32_t> pixel;
+  std::vector<T> ly, lx, m;
+
+  explicit RowPoints(const Geometry& g) {
+    const size_t n = static_cast<size_t>(g.G * g.kh * g.kw * g.Wo);
+    pixel.resize(n);
+    ly.resize(n);
+    lx.resize(n);
+    m.resize(n);
+  }
+
+  void compute(const Geometry& g, const T* offset, const T* mask, int64_t bi, int64_t ho) {
+    const int64_t K = g.kh * g.kw, L = g.Ho * g.Wo, Wp = g.W + 2 * PAD;
+    const T lo = -static_cast<T>(PAD), hi_y = static_cast<T>(g.H), hi_x = static_cast<T>(g.W);
+    for (int64_t gi = 0; gi < g.G; ++gi) {
+      for (int64_t i = 0; i < g.kh; ++i) {
+        for (int64_t j = 0; j < g.kw; ++j) {
+          const int64_t k = i * g.kw + j, q = (gi * K + k) * g.Wo;
+          const T* __restrict oy = offset + (bi * 2 * g.G * K + 2 * (gi * K + k)) * L + ho * g.Wo;
+          const T* __restrict ox = oy + L;
+          const T by = static_cast<T>(ho * g.sh - g.ph + i * g.dh);
+          const T bx = static_cast<T>(j * g.dw - g.pw);
+          const T sw = static_cast<T>(g.sw);
+          int32_t* __restrict px = pixel.data() + q;
+          T* __restrict fy = ly.data() + q;
+          T* __restrict fx = lx.data() + q;
+#pragma omp simd
+          for (int64_t wo = 0; wo < g.Wo; ++wo) {
+            T y = by + oy[wo];
+            T x = bx + static_cast<T>(wo) * sw + ox[wo];
+            y = y > lo ? y : lo;  // a NaN coordinate fails the test and goes to the border
+            y = y < hi_y ? y : hi_y;
+            x = x > lo ? x : lo;
+            x = x < hi_x ? x : hi_x;
+            const T y0 = std::floor(y), x0 = std::floor(x);
+            px[wo] = static_cast<int32_t>((static_cast<int64_t>(y0) + PAD) * Wp + static_cast<int64_t>(x0) + PAD);
+            fy[wo] = y - y0;
+            fx[wo] = x - x0;
+          }
+          T* __restrict mm = m.data() + q;
+          if (mask) {
+            const T* __restrict mk = mask + (bi * g.G * K + gi * K + k) * L + ho * g.Wo;
+            for (int64_t wo = 0; wo < g.Wo; ++wo) mm[wo] = mk[wo];
+          } else {
+            for (int64_t wo = 0; wo < g.Wo; ++wo) mm[wo] = T(1);
+          }
+        }
+      }
+    }
+  }
+};
 
 // cols for the output rows [start, end) of the chunk (row = bi * Ho + ho)
 template <typename T>
@@ -64,25 +97,26 @@ void im2col(const T* __restrict X, const T* offset, const T* mask, T* __restrict
   const Geometry g(geo);
   const int64_t K = g.kh * g.kw, Gs = g.G * g.r, Cs = g.Cs, Wp = g.W + 2 * PAD;
   const int64_t P = (g.H + 2 * PAD) * Wp;
+  RowPoints<T> pts(g);
   for (int64_t row = start; row < end; ++row) {
     const int64_t bi = row / g.Ho, ho = row % g.Ho;
+    pts.compute(g, offset, mask, bi, ho);
     for (int64_t wo = 0; wo < g.Wo; ++wo) {
       T* out_pixel = cols + ((row * g.Wo + wo) * Gs) * K * Cs;
       for (int64_t gi = 0; gi < g.G; ++gi) {
-        for (int64_t i = 0; i < g.kh; ++i) {
-          for (int64_t j = 0; j < g.kw; ++j) {
-            const Point p = sample_point(g, offset, mask, bi, gi, i, j, ho, wo);
-            const T w00 = static_cast<T>((1 - p.ly) * (1 - p.lx) * p.m), w01 = static_cast<T>((1 - p.ly) * p.lx * p.m);
-            const T w10 = static_cast<T>(p.ly * (1 - p.lx) * p.m), w11 = static_cast<T>(p.ly * p.lx * p.m);
-            for (int64_t ri = 0; ri < g.r; ++ri) {
-              const int64_t gs = gi * g.r + ri;
-              const T* a = X + ((bi * Gs + gs) * P + p.pixel) * Cs;
-              const T* c = a + Wp * Cs;
-              T* __restrict o = out_pixel + (gs * K + i * g.kw + j) * Cs;
+        for (int64_t k = 0; k < K; ++k) {
+          const int64_t q = (gi * K + k) * g.Wo + wo;
+          const T ly = pts.ly[q], lx = pts.lx[q], m = pts.m[q];
+          const T w00 = (1 - ly) * (1 - lx) * m, w01 = (1 - ly) * lx * m;
+          const T w10 = ly * (1 - lx) * m, w11 = ly * lx * m;
+          for (int64_t ri = 0; ri < g.r; ++ri) {
+            const int64_t gs = gi * g.r + ri;
+            const T* a = X + ((bi * Gs + gs) * P + pts.pixel[q]) * Cs;
+            const T* c = a + Wp * Cs;
+            T* __restrict o = out_pixel + (gs * K + k) * Cs;
 #pragma omp simd
-              for (int64_t ch = 0; ch < Cs; ++ch) {
-                o[ch] = w00 * a[ch] + w01 * a[Cs + ch] + w10 * c[ch] + w11 * c[Cs + ch];
-              }
+            for (int64_t ch = 0; ch < Cs; ++ch) {
+              o[ch] = w00 * a[ch] + w01 * a[Cs + ch] + w10 * c[ch] + w11 * c[Cs + ch];
             }
           }
         }
@@ -92,8 +126,8 @@ void im2col(const T* __restrict X, const T* offset, const T* mask, T* __restrict
 }
 
 // For the output rows [start, end): the input gradient of the padded input, accumulated into gX (a
-// buffer of X's shape private to the calling thread; null: not needed), and the offset and mask
-// gradients (null: not needed), from the column gradient gcols (the layout of cols).
+// buffer of X's shape private to the calling thread, zeroed here; null: not needed), and the offset
+// and mask gradients (null: not needed), from the column gradient gcols (the layout of cols).
 template <typename T>
 void col2im_coordinates(const T* __restrict X, const T* offset, const T* mask, const T* __restrict gcols,
                         T* __restrict gX, T* grad_offset, T* grad_mask, const int64_t* geo, int64_t start,
@@ -103,59 +137,60 @@ void col2im_coordinates(const T* __restrict X, const T* offset, const T* mask, c
   const int64_t K = g.kh * g.kw, Gs = g.G * g.r, Cs = g.Cs, Wp = g.W + 2 * PAD, L = g.Ho * g.Wo;
   const int64_t P = (g.H + 2 * PAD) * Wp;
   const bool coordinates = grad_offset != nullptr || grad_mask != nullptr;
+  RowPoints<T> pts(g);
   for (int64_t row = start; row < end; ++row) {
     const int64_t bi = row / g.Ho, ho = row % g.Ho;
+    pts.compute(g, offset, mask, bi, ho);
     for (int64_t wo = 0; wo < g.Wo; ++wo) {
       const T* grad_pixel = gcols + ((row * g.Wo + wo) * Gs) * K * Cs;
       for (int64_t gi = 0; gi < g.G; ++gi) {
-        for (int64_t i = 0; i < g.kh; ++i) {
-          for (int64_t j = 0; j < g.kw; ++j) {
-            const Point p = sample_point(g, offset, mask, bi, gi, i, j, ho, wo);
-            const T w00 = static_cast<T>((1 - p.ly) * (1 - p.lx) * p.m), w01 = static_cast<T>((1 - p.ly) * p.lx * p.m);
-            const T w10 = static_cast<T>(p.ly * (1 - p.lx) * p.m), w11 = static_cast<T>(p.ly * p.lx * p.m);
-            double d00 = 0, d01 = 0, d10 = 0, d11 = 0;  // <grad column, corner value>, over the sub-groups
-            for (int64_t ri = 0; ri < g.r; ++ri) {
-              const int64_t gs = gi * g.r + ri;
-              const int64_t corner = (bi * Gs + gs) * P + p.pixel;
-              const T* __restrict gc = grad_pixel + (gs * K + i * g.kw + j) * Cs;
-              if (coordinates) {
-                const T* a = X + corner * Cs;
-                const T* c = a + Wp * Cs;
-                T s00 = 0, s01 = 0, s10 = 0, s11 = 0;
+        for (int64_t k = 0; k < K; ++k) {
+          const int64_t q = (gi * K + k) * g.Wo + wo;
+          const T ly = pts.ly[q], lx = pts.lx[q], m = pts.m[q], hy = 1 - ly, hx = 1 - lx;
+          const T w00 = hy * hx * m, w01 = hy * lx * m, w10 = ly * hx * m, w11 = ly * lx * m;
+          T d00 = 0, d01 = 0, d10 = 0, d11 = 0;  // <grad column, corner value>, over the sub-groups
+          for (int64_t ri = 0; ri < g.r; ++ri) {
+            const int64_t gs = gi * g.r + ri;
+            const int64_t corner = (bi * Gs + gs) * P + pts.pixel[q];
+            const T* __restrict gc = grad_pixel + (gs * K + k) * Cs;
+            if (coordinates) {
+              const T* a = X + corner * Cs;
+              const T* c = a + Wp * Cs;
+              T s00 = 0, s01 = 0, s10 = 0, s11 = 0;
 #pragma omp simd reduction(+ : s00, s01, s10, s11)
-                for (int64_t ch = 0; ch < Cs; ++ch) {
-                  s00 += gc[ch] * a[ch];
-                  s01 += gc[ch] * a[Cs + ch];
-                  s10 += gc[ch] * c[ch];
-                  s11 += gc[ch] * c[Cs + ch];
-                }
-                d00 += s00; d01 += s01; d10 += s10; d11 += s11;
+              for (int64_t ch = 0; ch < Cs; ++ch) {
+                s00 += gc[ch] * a[ch];
+                s01 += gc[ch] * a[Cs + ch];
+                s10 += gc[ch] * c[ch];
+                s11 += gc[ch] * c[Cs + ch];
               }
-              if (gX) {
-                T* __restrict a = gX + corner * Cs;
-                T* __restrict c = a + Wp * Cs;
+              d00 += s00;
+              d01 += s01;
+              d10 += s10;
+              d11 += s11;
+            }
+            if (gX) {
+              T* __restrict a = gX + corner * Cs;
+              T* __restrict c = a + Wp * Cs;
 #pragma omp simd
-                for (int64_t ch = 0; ch < Cs; ++ch) {
-                  const T v = gc[ch];
-                  a[ch] += w00 * v;
-                  a[Cs + ch] += w01 * v;
-                  c[ch] += w10 * v;
-                  c[Cs + ch] += w11 * v;
-                }
+              for (int64_t ch = 0; ch < Cs; ++ch) {
+                const T v = gc[ch];
+                a[ch] += w00 * v;
+                a[Cs + ch] += w01 * v;
+                c[ch] += w10 * v;
+                c[Cs + ch] += w11 * v;
               }
             }
-            if (!coordinates) continue;
-            const int64_t k = i * g.kw + j, at = ho * g.Wo + wo;
-            const double hy = 1 - p.ly, hx = 1 - p.lx;
-            if (grad_offset) {
-              T* go = grad_offset + (bi * 2 * g.G * K + 2 * (gi * K + k)) * L + at;
-              go[0] = static_cast<T>(((d10 - d00) * hx + (d11 - d01) * p.lx) * p.m);
-              go[L] = static_cast<T>(((d01 - d00) * hy + (d11 - d10) * p.ly) * p.m);
-            }
-            if (grad_mask) {
-              grad_mask[(bi * g.G * K + gi * K + k) * L + at] =
-                  static_cast<T>((d00 * hx + d01 * p.lx) * hy + (d10 * hx + d11 * p.lx) * p.ly);
-            }
+          }
+          if (!coordinates) continue;
+          const int64_t at = ho * g.Wo + wo;
+          if (grad_offset) {
+            T* go = grad_offset + (bi * 2 * g.G * K + 2 * (gi * K + k)) * L + at;
+            go[0] = ((d10 - d00) * hx + (d11 - d01) * lx) * m;
+            go[L] = ((d01 - d00) * hy + (d11 - d10) * ly) * m;
+          }
+          if (grad_mask) {
+            grad_mask[(bi * g.G * K + gi * K + k) * L + at] = (d00 * hx + d01 * lx) * hy + (d10 * hx + d11 * lx) * ly;
           }
         }
       }

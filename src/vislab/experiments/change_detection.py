@@ -94,10 +94,10 @@ class ChangeDetectionConfig(CommonConfig):
     # median translation error on shift / both pairs (one-cycle schedule, 8,000 pairs)
     batch_size: int = param(64, ge=2)  # pairs per step (>= 2: BatchNorm)
     lr: float = param(2e-3, gt=0)  # AdamW (peak) learning rate
-    schedule: Literal["onecycle", "plateau"] = param("onecycle", choices=("onecycle", "plateau"))  # or plateau
+    schedule: Literal["onecycle", "plateau"] = param("onecycle", choices=("onecycle", "plateau"))  # LR schedule
     image_size: int = param(128, ge=64)  # side of each image of a pair, pixels
     patience: int = param(4, ge=1)  # early stopping: epochs without val-loss improvement
-    arch: Literal["stacked", "siamese"] = param("stacked", choices=ARCHS)  # stacked: 2-channel input; siamese
+    arch: Literal["stacked", "siamese"] = param("stacked", choices=ARCHS)  # 2-channel input, or siamese
     widths: tuple[int, ...] = param((32, 32, 64, 128), ge=1)  # stacked: one width per stage; siamese: 3 widths
     hidden: int = param(256, ge=1)  # width of the fully connected layer before the heads
     dropout: float = param(0.0, ge=0, lt=1)  # dropout before the heads

@@ -70,13 +70,13 @@ class TransferConfig(CommonConfig):
     backbone_lr: float = param(1e-4, gt=0)  # learning rate of the feature extractor where it trains
     image_size: int = param(96, ge=1)  # square side images are resized to (the embedded crops are 25 px, CIFAR 32)
     patience: int = param(4, ge=1)  # early stopping: epochs without val-loss improvement before a stage stops
-    variants: tuple[str, ...] = param(VARIANTS, choices=VARIANTS)  # which to run: ce_fc, triplet_then_ce, ...
-    control_schedule: Literal["ce_fc", "triplet_then_ce", "joint"] = param("joint", choices=REGIMES)  # control's
+    variants: tuple[str, ...] = param(VARIANTS, choices=VARIANTS)  # the regimes to run (and the control)
+    control_schedule: Literal["ce_fc", "triplet_then_ce", "joint"] = param("joint", choices=REGIMES)  # random_init's
     backbone: str = "efficientnet_lite0"  # backbone name (vislab.models.backbones); its ImageNet weights are loaded
     weights: str | None = None  # weights file for backbones without packaged weights
     classes: tuple[str, ...] = ("airplane", "automobile")  # CIFAR-10 classes (first = label 0); cifar10-binary only
     margin: float = param(0.2, ge=0)  # triplet margin, in Euclidean distance between L2-normalised embeddings
-    mining: Literal["batch_hard", "semi_hard", "all"] = param("batch_hard", choices=MINING_STRATEGIES)  # online
+    mining: Literal["batch_hard", "semi_hard", "all"] = param("batch_hard", choices=MINING_STRATEGIES)  # per batch
     freeze_bn: bool = True  # pretrained backbones keep BatchNorm in eval mode (ImageNet stats) while features train
     squared: bool = False  # squared Euclidean distances in the triplet loss (the margin is then squared units)
     triplet_weight: float = param(1.0, ge=0)  # λ in regime (c): L = L_CE + λ·L_triplet

@@ -125,7 +125,6 @@ class BaseCAM:
     """
 
     name = "base"
-    summary = ""  # one line for the CLI's list of methods
     uses_gradients = True
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None, *,

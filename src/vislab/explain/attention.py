@@ -258,7 +258,6 @@ class AttentionRollout(_AttentionMethod):
     """
 
     name = "rollout"
-    summary = "ViT only: attention rollout over all blocks (Abnar & Zuidema 2020)"
 
     def __init__(self, model: torch.nn.Module, layer: object = None, *, reshape_transform: object = None,
                  head_fusion: str = "mean", discard_ratio: float = 0.0) -> None:
@@ -285,7 +284,6 @@ class GradientAttention(_AttentionMethod):
     ``maps, logits = GradientAttention(model)(images, targets=None)``, maps at the image size in [0, 1]."""
 
     name = "gradattention"
-    summary = "ViT only: gradient-weighted attention relevance (Chefer et al. 2021)"
     uses_gradients = True
 
     def __call__(self, images: Tensor, targets: Tensor | Sequence[int] | None = None) -> tuple[Tensor, Tensor]:

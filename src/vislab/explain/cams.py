@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vislab.explain._cam_base import BaseCAM, ReshapeTransform, resolve_layer, token_grid
+from vislab.explain._names import METHOD_NAMES, SUMMARIES, canonical_method
 from vislab.explain.gradcam import GradCAM
 
 __all__ = ["CAM_METHODS", "AblationCAM", "BaseCAM", "EigenCAM", "GradCAM", "GradCAMPlusPlus", "HiResCAM",
@@ -48,7 +49,6 @@ class GradCAMPlusPlus(BaseCAM):
     """Grad-CAM++: positive gradients weighted per pixel (``a``) and summed, one weight per channel."""
 
     name = "gradcam++"
-    summary = "positive gradients with per-pixel weights (Chattopadhay et al. 2018)"
 
     def weights(self, images: Tensor, acts: Tensor, grads: Tensor | None, targets: Tensor) -> Tensor:
         g2 = grads ** 2  # (B, K, h, w)
@@ -63,7 +63,6 @@ class HiResCAM(BaseCAM):
     """HiResCAM: the element-wise product of gradient and activation, summed over the channels."""
 
     name = "hirescam"
-    summary = "gradient x activation summed over channels, no averaging (Draelos & Carin 2020)"
 
     def raw_cam(self, images: Tensor, acts: Tensor, grads: Tensor | None, targets: Tensor) -> Tensor:
         return (grads * acts).sum(1)  # (B, h, w)
@@ -73,7 +72,6 @@ class XGradCAM(BaseCAM):
     """XGrad-CAM: gradients weighted by the normalised activations, one weight per channel."""
 
     name = "xgradcam"
-    summary = "gradients weighted by normalised activations (Fu et al. 2020)"
 
     def weights(self, images: Tensor, acts: Tensor, grads: Tensor | None, targets: Tensor) -> Tensor:
         sum_a = acts.sum(dim=(2, 3), keepdim=True)  # (B, K, 1, 1)
@@ -84,7 +82,6 @@ class LayerCAM(BaseCAM):
     """LayerCAM: positive gradients as per-pixel weights of the activations."""
 
     name = "layercam"
-    summary = "positive gradient x activation per pixel (Jiang et al. 2021)"
 
     def raw_cam(self, images: Tensor, acts: Tensor, grads: Tensor | None, targets: Tensor) -> Tensor:
         return (F.relu(grads) * acts).sum(1)  # (B, h, w)
@@ -108,7 +105,6 @@ class EigenCAM(BaseCAM):
     """Eigen-CAM: the first principal component of the activations (no gradient, no target)."""
 
     name = "eigencam"
-    summary = "first principal component of the activations, class-agnostic (Muhammad & Yeasin 2020)"
     uses_gradients = False
 
     def raw_cam(self, images: Tensor, acts: Tensor, grads: Tensor | None, targets: Tensor) -> Tensor:
@@ -147,7 +143,6 @@ class ScoreCAM(_MaskedForwards):
     """
 
     name = "scorecam"
-    summary = "softmaxed target logits of the image masked by each channel (Wang et al. 2020); K forwards"
 
     def weights(self, images: Tensor, acts: Tensor, grads: Tensor | None, targets: Tensor) -> Tensor:
         B, K, h, w = acts.shape
@@ -179,7 +174,6 @@ class AblationCAM(_MaskedForwards):
     """
 
     name = "ablationcam"
-    summary = "drop of the target logit when each channel is zeroed (Desai & Ramaswamy 2020); K forwards"
 
     def weights(self, images: Tensor, acts: Tensor, grads: Tensor | None, targets: Tensor) -> Tensor:
         B, K = acts.shape[:2]
@@ -241,7 +235,6 @@ class RandomCAM(BaseCAM):
     """
 
     name = "random"
-    summary = "uniform noise that ignores the model: the baseline every method should beat"
     uses_gradients = False
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None, *,
@@ -273,43 +266,30 @@ CAM_METHODS: dict[str, type[BaseCAM]] = {
     "random": RandomCAM,
 }
 
-_ALIASES = {"gradcamplusplus": "gradcam++", "gradcampp": "gradcam++", "randomcam": "random",
-            "attentionrollout": "rollout", "gradientattention": "gradattention", "chefer": "gradattention"}
-
-
 def _attention_methods() -> dict[str, type]:
     from vislab.explain.attention import AttentionRollout, GradientAttention
 
     return {"rollout": AttentionRollout, "gradattention": GradientAttention}
 
 
-def _key(name: str) -> str:
-    if not isinstance(name, str):
-        raise TypeError(f"method name must be a str, got {type(name).__name__}")
-    key = name.lower().replace("-", "").replace("_", "").replace(" ", "")
-    return _ALIASES.get(key, key)
+def get_cam_method(name: str) -> type[BaseCAM]:
+    """The CAM class registered as ``name``; case, ``-``, ``_`` and spaces are ignored (``Score-CAM``,
+    ``grad_cam++``, ``gradcam_pp`` all work)."""
+    try:
+        key = canonical_method(name)
+    except ValueError:
+        key = None
+    if key not in CAM_METHODS:
+        raise ValueError(f"unknown CAM method {name!r}; known: {', '.join(CAM_METHODS)}")
+    return CAM_METHODS[key]
 
 
 def get_method(name: str) -> type:
     """A CAM method (:data:`CAM_METHODS`) or, for ViTs that return their attentions, ``rollout`` (attention
     rollout) or ``gradattention`` (Chefer et al.'s gradient-weighted attention), all with the same call
     ``maps, logits = METHOD(model, layer)(images, targets=None)``; spellings as :func:`get_cam_method`."""
-    key = _key(name)
-    attention = _attention_methods()
-    if key in attention:
-        return attention[key]
-    if key not in CAM_METHODS:
-        raise ValueError(f"unknown explanation method {name!r}; known: {', '.join([*CAM_METHODS, *attention])}")
-    return CAM_METHODS[key]
-
-
-def get_cam_method(name: str) -> type[BaseCAM]:
-    """The class registered as ``name``; case, ``-``, ``_`` and spaces are ignored (``Score-CAM``,
-    ``grad_cam++``, ``gradcam_pp`` all work)."""
-    key = _key(name)
-    if key not in CAM_METHODS:
-        raise ValueError(f"unknown CAM method {name!r}; known: {', '.join(CAM_METHODS)}")
-    return CAM_METHODS[key]
+    key = canonical_method(name)
+    return CAM_METHODS[key] if key in CAM_METHODS else _attention_methods()[key]
 
 
 def _unwrap_vit(model: nn.Module) -> tuple[str, nn.Module | None]:
@@ -346,8 +326,5 @@ def build_cam(method: str | type, model: nn.Module, layer: str | nn.Module | Non
 
 def methods_help() -> str:
     """One line per method (the CAM family, then the ViT attention methods): its CLI name and what it is."""
-    lines = []
-    for name, cls in {**CAM_METHODS, **_attention_methods()}.items():
-        lines.append(f"{name:<14}{cls.summary}")
-    return "\n".join(lines)
+    return "\n".join(f"{name:<14}{SUMMARIES[name]}" for name in METHOD_NAMES)
 

@@ -33,7 +33,6 @@ class GradCAM(BaseCAM):
     """
 
     name = "gradcam"
-    summary = "channel weights = spatial mean of the gradient (Selvaraju et al. 2017)"
 
     def weights(self, images: Tensor, acts: Tensor, grads: Tensor | None, targets: Tensor) -> Tensor:
         return grads.mean(dim=(2, 3))  # (B, K): the spatially averaged gradient

@@ -126,7 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         return _guard(lambda: arith_main(argv[1:]))
     from vislab.commands._console import parse_args_one_line
 
-    parser = build_parser()
+    if argv and argv[0] in TASK_COMMANDS:
+        # a task command parses with its own module only: it starts without importing the other commands'
+        parser = argparse.ArgumentParser(prog="vislab")
+        sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+        _import(TASK_COMMANDS[argv[0]]).add_arguments(sub.add_parser(argv[0], **TASK_HELP[argv[0]]))
+    else:
+        parser = build_parser()
     parsed = parse_args_one_line(parser, argv)  # argparse errors: one line, exit 2
     if isinstance(parsed, int):
         return parsed

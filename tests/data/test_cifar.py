@@ -169,3 +169,24 @@ def test_corrupt_batch_is_a_clear_error(tmp_path):
     expected = r"expected 'data' of shape \[N, 3072\] with N = len\(labels\) = 2, got \(2, 100\)"
     with pytest.raises(ValueError, match=expected):
         load_cifar10_split(tmp_path, "test")
+
+
+def test_scan_before_the_run(tmp_path):
+    from vislab.data.cifar import scan_cifar10
+    from vislab.errors import UserError
+
+    make_mini_cifar(tmp_path)
+    scan_cifar10(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    good = (folder / "data_batch_3").read_bytes()
+    (folder / "data_batch_3").write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(UserError, match=r"data_batch_3 is not a CIFAR-10 batch: it does not unpickle") as err:
+        scan_cifar10(tmp_path)
+    assert "\n" not in str(err.value)
+    (folder / "data_batch_3").write_bytes(b"not a pickle at all")
+    with pytest.raises(UserError, match="data_batch_3 is not a CIFAR-10 batch"):
+        scan_cifar10(tmp_path)
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(UserError, match="CIFAR-10 train data not found.*missing data_batch_3"):
+        scan_cifar10(tmp_path)
+    scan_cifar10(tmp_path, ("test",))

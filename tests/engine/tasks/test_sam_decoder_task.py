@@ -108,3 +108,21 @@ def test_evaluate_prompts_on_an_oracle_and_an_empty_predictor():
     assert e["box_clicks"] is None and ev["curves"]["empty"][1] is None
     with pytest.raises(ValueError, match="must pair up"):
         evaluate_prompts({"oracle": _Oracle(masks)}, images, masks[:1], boxes)
+
+
+def test_clicks_row_from_the_click_runs_equals_prompt_table(batch):
+    """The "N clicks" row is taken from the click evaluation's masks instead of simulating the clicks again:
+    the same numbers as prompt_table's own "N clicks" on a real (random-weights) SAM decoder."""
+    from vislab.models.sam_clicks import prompt_table
+
+    model, _, boxes, masks, _ = batch
+    torch.manual_seed(1)
+    image = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
+    gts = [m[0] > 0.5 for m in masks[:3]]
+    images = [image] * 3  # one image, three objects: encoded once
+    ev = evaluate_prompts({"sam": model.eval()}, images, gts, boxes[:3], kinds=("box", "2 clicks"), n_clicks=3)
+    ref = prompt_table(model, images, gts, prompt_kinds=("box", "2 clicks"), boxes=boxes[:3].double().numpy())
+    for kind in ("box", "2 clicks"):
+        for k, v in ref["mean"][kind].items():
+            assert ev["summary"]["sam"]["table"][kind][k] == pytest.approx(v, abs=1e-6), (kind, k)
+    assert ev["curves"]["sam"][0].runs[0].masks == []  # masks dropped unless kept for a figure

@@ -294,7 +294,7 @@ def evaluate_prompts(predictors: dict[str, Any], images: list[Any], masks: list[
     ``clicks_only`` skip box + clicks (``box_clicks`` ``None``: the click-seeded baseline cannot take a box
     with only negative clicks).
     """
-    from vislab.models.sam_clicks import evaluate_clicks, prompt_table
+    from vislab.models.sam_clicks import evaluate_clicks, parse_prompt_kind, prompt_table
 
     if not masks or len(images) != len(masks) or len(boxes) != len(masks):
         raise ValueError(f"images, masks and boxes must pair up and be non-empty, got {len(images)}, {len(masks)}, "
@@ -304,12 +304,37 @@ def evaluate_prompts(predictors: dict[str, Any], images: list[Any], masks: list[
     curves: dict[str, Any] = {}
     for name, pred in predictors.items():
         t0 = time.perf_counter()
-        table = prompt_table(pred, images, masks, prompt_kinds=kinds, boxes=bx)
-        alone = evaluate_clicks(pred, images, masks, n_clicks=n_clicks, keep_masks=name in keep_masks)
+        alone = evaluate_clicks(pred, images, masks, n_clicks=n_clicks, keep_masks=True)
+        # "N clicks" alone (N <= n_clicks) is the click run's mask after N clicks: not simulated twice
+        from_runs = [k for k in kinds if parse_prompt_kind(k)[::2] == (False, "clicks")
+                     and parse_prompt_kind(k)[1] <= n_clicks]
+        rest = [k for k in kinds if k not in from_runs]
+        table = prompt_table(pred, images, masks, prompt_kinds=tuple(rest), boxes=bx)["mean"] if rest else {}
+        table.update({k: _mask_scores([r.masks[parse_prompt_kind(k)[1] - 1] for r in alone.runs], masks)
+                      for k in from_runs})
+        if name not in keep_masks:
+            for r in alone.runs:
+                r.masks = []
         boxed = None if name in clicks_only else evaluate_clicks(pred, images, masks, n_clicks=n_clicks, box=True,
                                                                  boxes=bx)
-        summary[name] = {"table": {k: {m: round(v, 6) for m, v in d.items()} for k, d in table["mean"].items()},
+        summary[name] = {"table": {k: {m: round(v, 6) for m, v in table[k].items()} for k in kinds},
                          "clicks": alone.summary(), "box_clicks": None if boxed is None else boxed.summary(),
                          "seconds": round(time.perf_counter() - t0, 3)}
         curves[name] = (alone, boxed)
     return {"summary": summary, "curves": curves, "tau": 2.0, "dilation_ratio": 0.02}
+
+
+def _mask_scores(preds: list[Any], masks: list[Tensor], tau: float = 2.0, dilation_ratio: float = 0.02
+                 ) -> dict[str, float]:
+    """Mean IoU, Dice, NSD (``tau`` px) and boundary IoU of bool masks ``preds[i]`` against ``masks[i]``, as
+    :func:`~vislab.models.sam_clicks.prompt_table` computes them."""
+    from vislab.metrics.boundary import boundary_iou, nsd
+
+    p = torch.stack([torch.as_tensor(np.asarray(m, dtype=bool)) for m in preds])  # (N, S, S)
+    g = torch.stack([m.bool() for m in masks])
+    inter, union = (p & g).flatten(1).sum(1).double(), (p | g).flatten(1).sum(1).double()
+    total = p.flatten(1).sum(1).double() + g.flatten(1).sum(1).double()
+    iou_v = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    dice_v = torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
+    return {"iou": float(iou_v.mean()), "dice": float(dice_v.mean()), "nsd": float(nsd(p, g, tau=tau).mean()),
+            "boundary_iou": float(boundary_iou(p, g, dilation_ratio=dilation_ratio).mean())}

@@ -218,3 +218,21 @@ def test_folder_sources(tmp_path):
     assert skipped and skipped[0][0] == "broken.jpg"
     assert sources[0].image.shape == (130, 100) and sources[0].image.dtype == np.float32
     assert 0 <= sources[0].image.min() and sources[0].image.max() <= 1
+
+
+def test_scan_folder_sources_before_the_run(tmp_path):
+    from PIL import Image
+
+    from vislab.data.pairs import scan_folder_sources
+
+    with pytest.raises(UserError, match="does not exist"):
+        scan_folder_sources(tmp_path / "missing")
+    for i in range(2):
+        Image.fromarray((_texture(i, (120, 150)) * 255).astype(np.uint8)).save(tmp_path / f"t{i}.png")
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    with pytest.raises(UserError, match=r"holds 2 readable image.*1 file\(s\) do not decode, e.g. cannot read image "
+                                        r".*broken.jpg") as err:
+        scan_folder_sources(tmp_path)
+    assert "\n" not in str(err.value)
+    Image.fromarray((_texture(5, (120, 150)) * 255).astype(np.uint8)).save(tmp_path / "t5.png")
+    assert [p for p, _ in scan_folder_sources(tmp_path)] == ["broken.jpg"]

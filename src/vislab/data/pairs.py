@@ -167,6 +167,27 @@ def list_image_files(root: str | Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+def scan_folder_sources(root: str | Path, *, min_images: int = MIN_SOURCES) -> list[tuple[str, str]]:
+    """The content check of a ``--data`` folder before any run folder exists: the folder exists and at least
+    ``min_images`` of its image files decode (:func:`vislab.io.images.check_image`; nothing is kept in memory).
+    Returns the skipped ``(relative path, reason)``; :class:`UserError` (one line) otherwise, naming an
+    undecodable file when there are some."""
+    from vislab.io.images import check_image
+
+    root = Path(root)
+    if not root.exists():
+        raise UserError(f"--data folder {root} does not exist")
+    if not root.is_dir():
+        raise UserError(f"--data {root} is not a folder (expected a folder of images)")
+    files = list_image_files(root)
+    skipped = [(str(p.relative_to(root)), reason) for p in files if (reason := check_image(p))]
+    if len(files) - len(skipped) < min_images:
+        bad = f"; {len(skipped)} file(s) do not decode, e.g. {skipped[0][1]}" if skipped else ""
+        raise UserError(f"--data {root} holds {len(files) - len(skipped)} readable image(s); change detection needs "
+                        f"at least {min_images} (disjoint source images for train, val and test){bad}")
+    return skipped
+
+
 def folder_sources(root: str | Path, *, min_images: int = MIN_SOURCES) -> tuple[list[Source], list[tuple[str, str]]]:
     """Every readable image under ``root`` as a source; returns ``(sources, skipped)`` where ``skipped``
     lists ``(relative path, reason)`` of files with an image extension that do not decode.

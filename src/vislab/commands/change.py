@@ -322,6 +322,7 @@ def change_command(args: Any) -> int:
     printing, not the work (exit 141 at the end).
     """
     from vislab.commands._console import EXIT_USAGE, LineWriter
+    from vislab.commands._inputs import progress_enabled
 
     method = getattr(args, "method", None) or ("hybrid" if getattr(args, "checkpoint", None) else "fourier-mellin")
     method = method.replace("_", "-")  # fourier_mellin, as the experiment spells it
@@ -356,7 +357,7 @@ def change_command(args: Any) -> int:
     from tqdm import tqdm
 
     failed: list[str] = []
-    bar = tqdm(total=len(pairs), file=sys.stderr, unit="pair", desc="change", disable=not _progress(),
+    bar = tqdm(total=len(pairs), file=sys.stderr, unit="pair", desc="change", disable=not progress_enabled(),
                dynamic_ncols=True)
     for (a, b, _), name in zip(pairs, names):
         try:
@@ -374,11 +375,3 @@ def change_command(args: Any) -> int:
         print(f"vislab: error: {len(failed)} of {len(pairs)} pairs failed (first: {failed[0]})", file=sys.stderr)
         return EXIT_USAGE
     return emit.exit_code()
-
-
-def _progress() -> bool:
-    """A progress bar on a terminal, or with VISLAB_PROGRESS=1; never with VISLAB_PROGRESS=0."""
-    import os
-
-    flag = os.environ.get("VISLAB_PROGRESS")
-    return flag == "1" or (flag != "0" and sys.stderr.isatty())

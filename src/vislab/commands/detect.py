@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vislab.commands._inputs import expand_inputs, image_ids, output_names, progress_enabled
 from vislab.errors import UserError
 
 
@@ -55,69 +56,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 _PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
             (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
-
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-
-
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Image files of the command line: files as given, folders as every image file under them (sorted), glob
-    patterns as their matches (sorted; ``**`` recursive). :class:`UserError` for a missing path, a pattern that
-    matches nothing, a folder without images, or no image at all. A file listed twice is kept once."""
-    import glob
-
-    out: list[Path] = []
-    for raw in inputs:
-        path = Path(raw)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
-            if not found:
-                raise UserError(f"folder {path} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
-            out += found
-        elif path.exists():
-            out.append(path)
-        elif glob.has_magic(raw):
-            found = sorted(Path(p) for p in glob.glob(raw, recursive=True) if Path(p).is_file())
-            if not found:
-                raise UserError(f"pattern {raw!r} matches no file")
-            out += found
-        else:
-            raise UserError(f"image {raw!r} not found")
-    seen: set[Path] = set()
-    unique = []
-    for p in out:
-        key = p.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(p)
-    return unique
-
-
-def output_names(paths: list[Path], suffix: str = "_det.png") -> list[Path]:
-    """A distinct relative output path per input: its folder relative to the common folder of all the inputs,
-    then ``STEM_det.png``; ``STEM_2_det.png``... when names would repeat (``a.jpg`` and ``a.png``)."""
-    import os
-
-    dirs = [str(p.resolve().parent) for p in paths]
-    common = Path(os.path.commonpath(dirs)) if dirs else Path(".")
-    names: list[Path] = []
-    seen: dict[Path, int] = {}
-    for p in paths:
-        base = p.resolve().parent.relative_to(common) / p.stem
-        k = seen.get(base, 0) + 1
-        seen[base] = k
-        names.append(base.with_name(base.name + (f"_{k}" if k > 1 else "") + suffix))
-    if len(set(names)) != len(names):  # an added index met a real name: number every output
-        names = [n.with_name(f"{i}_{n.name}") for i, n in enumerate(names, start=1)]
-    return names
-
-
-def image_ids(paths: list[Path]) -> list[int]:
-    """COCO ``image_id`` per input (module docstring): the file name's number or the 1-based position, or every
-    position when that would repeat an id."""
-    ids = [int(p.stem) if p.stem.isdigit() else k for k, p in enumerate(paths, start=1)]
-    return ids if len(set(ids)) == len(ids) else list(range(1, len(paths) + 1))
 
 
 def _check_inputs(paths: list[Path]) -> None:
@@ -176,7 +114,7 @@ def detect_command(args: Any) -> int:
     emit = LineWriter()
     results: list[dict[str, Any]] = []
     for path, img_id, rel in tqdm(list(zip(paths, image_ids(paths), output_names(paths))), file=sys.stderr,
-                                  unit="image", desc="detect", disable=not _progress(), dynamic_ncols=True):
+                                  unit="image", desc="detect", disable=not progress_enabled(), dynamic_ncols=True):
         img = open_image(path, "rgb")
         W, H = img.size
         x = torch.from_numpy(np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), np.float32) / 255.0)
@@ -208,11 +146,3 @@ def detect_command(args: Any) -> int:
     else:
         emit(summary)
     return emit.exit_code()
-
-
-def _progress() -> bool:
-    """A progress bar on a terminal, or with VISLAB_PROGRESS=1; never with VISLAB_PROGRESS=0."""
-    import os
-
-    flag = os.environ.get("VISLAB_PROGRESS")
-    return flag == "1" or (flag != "0" and sys.stderr.isatty())

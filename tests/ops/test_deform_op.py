@@ -368,3 +368,21 @@ def test_the_kernel_builds_into_its_cache_and_can_be_turned_off(tmp_path):
     assert len(list((tmp_path / "kernels").glob("vislab_deform_cpu_*.so"))) == 1
     done = _run_script(tmp_path, VISLAB_DEFORM_KERNEL="pytorch")  # an explicit choice: no notice
     assert done.returncode == 0 and done.stdout.split() == ["kind", "sparse"] and "vislab:" not in done.stderr
+
+
+def test_the_kernel_runs_in_a_forked_child_after_the_parent_used_its_threads():
+    import multiprocessing
+
+    if dc._deform_cpp.library() is None:
+        pytest.skip(f"the C++ kernel is not available: {dc._deform_cpp.reason()}")
+    args = make_args(B=4, C=8, H=9, W=9, requires_grad=False, dtype=torch.float32)
+    expected = deform_conv2d(*args[:7], mask=args[7])  # starts the thread pool (2 threads here)
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        result = pool.apply_async(_forked_call, (args,)).get(timeout=120)  # hung before: dead pool threads
+    torch.testing.assert_close(result, expected)
+
+
+def _forked_call(args):
+    torch.set_num_threads(2)
+    return deform_conv2d(*args[:7], mask=args[7])

@@ -138,6 +138,15 @@ def row_ranges(rows: int) -> list[tuple[int, int]]:
     return [(rows * t // parts, rows * (t + 1) // parts) for t in range(parts)]
 
 
+def _forget_pool() -> None:
+    # a forked child (a DataLoader worker, say) inherits the pool object but not its threads
+    global _pool
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def run(tasks: list) -> None:
     """Call every ``task()``: all but the last on the thread pool, the last on the calling thread."""
     global _pool

@@ -71,7 +71,8 @@ def tiny_checkpoint(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("vislab.protocol.runner.get_experiment", lambda name: exp)
         summary = run_experiment(RunOptions(name="change-detection", out=str(out), overrides=tiny))
-    return summary["checkpoint"]
+    path = Path(summary["checkpoint"])
+    return path if path.is_absolute() else out / path  # paths inside a run folder are relative to it
 
 
 @pytest.fixture(scope="module")

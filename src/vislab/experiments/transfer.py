@@ -144,10 +144,9 @@ class Transfer(Experiment):
 
     def load_data(self, ctx: RunContext) -> TwoClassData:
         from vislab.data.transforms import eval_transform
-        from vislab.models.backbones import create_classifier
 
         cfg: TransferConfig = ctx.cfg
-        info = create_classifier(cfg.backbone, num_classes=2, pretrained=False).info  # normalisation only
+        info = self._initial_model(cfg, None).info  # normalisation; the model is kept for the first seed
         tf = eval_transform(info.mean, info.std)
         limits = {"train": cfg.limit_train, "val": cfg.limit_val, "test": cfg.limit_test}
         if _data_name(ctx.data, ctx.root) == "lfw":
@@ -166,19 +165,19 @@ class Transfer(Experiment):
                          description=" ".join(data.notes).removeprefix("Data: ").rstrip("."))
         return data
 
-    def _initial_model(self, cfg: TransferConfig, variant: str) -> nn.Module:
-        """The random control, or a copy of this seed's pretrained classifier (every regime of a seed starts
-        from the same features and the same new FC)."""
+    def _initial_model(self, cfg: TransferConfig, variant: str | None) -> nn.Module:
+        """The random control, or a copy of this seed's pretrained classifier (every regime of a seed starts from
+        the same features and the same new FC); ``variant=None``: that classifier itself (for its normalisation)."""
         from vislab.models.backbones import create_classifier
 
+        key = (cfg.seed, cfg.backbone, cfg.weights)
+        if variant != CONTROL and (self._base is None or self._base[0] != key):
+            seed_everything(cfg.seed)
+            self._base = (key, create_classifier(cfg.backbone, num_classes=2, pretrained=True, weights=cfg.weights))
         if variant == CONTROL:
             seed_everything(cfg.seed)
             return create_classifier(cfg.backbone, num_classes=2, pretrained=False)
-        key = (cfg.seed, cfg.backbone, cfg.weights)
-        if self._base is None or self._base[0] != key:
-            seed_everything(cfg.seed)
-            self._base = (key, create_classifier(cfg.backbone, num_classes=2, pretrained=True, weights=cfg.weights))
-        return copy.deepcopy(self._base[1])
+        return self._base[1] if variant is None else copy.deepcopy(self._base[1])
 
     def run_variant(self, ctx: RunContext, data: TwoClassData, variant: str) -> VariantResult:
         cfg: TransferConfig = ctx.cfg

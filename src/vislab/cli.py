@@ -52,6 +52,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="TensorBoard event files in the run folder's tb/ (default), or none")
     p.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "16-mixed"],
                    help="training precision passed to Lightning (16-mixed needs a CUDA GPU)")
+    p.add_argument("--demo-settings", action="store_true", dest="demo_settings",
+                   help="start from the experiment's `vislab demo` settings (then --set applies), e.g. to repeat "
+                        "the demo's comparison over --seeds 3")
 
 
 def build_parser() -> argparse.ArgumentParser:

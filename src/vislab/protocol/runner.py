@@ -57,7 +57,8 @@ def run_from_cli(args: Any) -> int:
     run_experiment(RunOptions(name=args.name, data=args.data, root=args.root, download=args.download,
                               overrides=overrides, out=args.out, resume=args.resume, devices=args.devices,
                               num_nodes=args.num_nodes, accelerator=args.accelerator, seeds=args.seeds,
-                              logger=args.logger, precision=args.precision))
+                              logger=args.logger, precision=args.precision,
+                              demo=bool(getattr(args, "demo_settings", False))))
     return 0
 
 

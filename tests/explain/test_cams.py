@@ -213,3 +213,16 @@ def test_errors():
         GradCAM(vit, "encoder.layers.encoder_layer_1.ln_1")(torch.randn(2, 3, 32, 32))
     with pytest.raises(ValueError, match="do not form a square grid"):
         token_grid()(torch.zeros(1, 6, 4))
+
+
+def test_frozen_model_and_parameter_grads_untouched():
+    """Gradients reach the layer with every parameter frozen (the input is tracked then), and no parameter's
+    ``.grad`` is written: only the part of the graph above the layer is differentiated."""
+    model = _model("small_cnn")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    want, _ = GradCAM(model, "features.4")(x, [0, 1])
+    assert all(p.grad is None for p in model.parameters())
+    for p in model.parameters():
+        p.requires_grad_(False)
+    got, _ = GradCAM(model, "features.4")(x, [0, 1])
+    torch.testing.assert_close(got, want)

@@ -162,36 +162,47 @@ class BaseCAM:
                     ) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
         """One forward (and, for gradient methods, backward) pass: ``(acts, grads, logits, targets)``,
         ``acts``/``grads`` ``Tensor[B, K, h, w]`` after ``reshape_transform``."""
-        acts: list[Tensor] = []
-        grads: list[Tensor] = []
+        outs: list[Tensor] = []
 
         def hook(_m: nn.Module, _inp: object, out: Tensor) -> None:
             if not isinstance(out, Tensor):
                 raise ValueError(f"layer {self.layer_name!r} returns {type(out).__name__}, not a Tensor")
-            first = not acts
-            acts.append(out.detach())
-            if first and out.requires_grad:
-                out.register_hook(grads.append)  # the first call's gradient, as its activation
+            outs.append(out)
 
         handle = self.layer.register_forward_hook(hook)
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.enable_grad() if self.uses_gradients else torch.no_grad():
-                x = images.detach().requires_grad_(self.uses_gradients)  # a graph even with frozen parameters
-                logits = self.model(x)
-                t = _targets(logits, targets)
-                if self.uses_gradients:
-                    self.model.zero_grad(set_to_none=True)
-                    logits.gather(1, t[:, None]).sum().backward()
+            logits, t, grad = self._forward(images, targets, outs, input_grad=False)
+            if self.uses_gradients and grad is None and outs:
+                # the layer's output needs no gradient when every parameter before it is frozen: track the input
+                outs.clear()
+                logits, t, grad = self._forward(images, targets, outs, input_grad=True)
         finally:
             handle.remove()
             self.model.train(was_training)
-        if not acts or (self.uses_gradients and not grads):
+        if not outs or (self.uses_gradients and grad is None):
             raise ValueError(f"layer {self.layer_name!r} was not used in the forward pass")
-        a = self._reshape(acts[0]).float()  # (B, K, h, w)
-        g = self._reshape(grads[0]).float() if self.uses_gradients else None  # (B, K, h, w)
+        a = self._reshape(outs[0].detach()).float()  # (B, K, h, w): the first call's output
+        g = self._reshape(grad).float() if self.uses_gradients else None  # (B, K, h, w)
         return a, g, logits.detach(), t
+
+    def _forward(self, images: Tensor, targets: Tensor | Sequence[int] | None, outs: list[Tensor], *,
+                 input_grad: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Logits, targets and ``d(sum_b y_b,t_b) / d(layer output)`` (only the part of the graph above the layer
+        is differentiated, and no parameter's ``.grad`` is touched)."""
+        if not self.uses_gradients:
+            with torch.no_grad():
+                logits = self.model(images.detach())
+            return logits, _targets(logits, targets), None
+        with torch.enable_grad():
+            x = images.detach().requires_grad_(input_grad)
+            logits = self.model(x)
+            t = _targets(logits, targets)
+            if not outs or not outs[0].requires_grad:
+                return logits, t, None
+            (grad,) = torch.autograd.grad(logits.gather(1, t[:, None]).sum(), outs[0])
+        return logits, t, grad.detach()
 
     @staticmethod
     def finish(cam: Tensor, size: tuple[int, int] | None) -> Tensor:

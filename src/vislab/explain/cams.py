@@ -128,7 +128,8 @@ class _MaskedForwards(BaseCAM):
         was_training = self.model.training
         self.model.eval()
         try:
-            logits = self.model(inputs)  # (n, classes)
+            with torch.inference_mode():
+                logits = self.model(inputs)  # (n, classes)
         finally:
             self.model.train(was_training)
         return logits.gather(1, targets[:, None])[:, 0].float()

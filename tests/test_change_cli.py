@@ -251,3 +251,15 @@ def test_many_pairs_in_one_process(tmp_path, capsys):
     args.img1, args.img2 = str(tmp_path / "flat.png"), str(tmp_path / "flat.png")
     with pytest.raises(UserError, match="either IMG1 IMG2 or --pairs"):
         change_command(args)
+
+
+def test_a_checkpoint_that_does_not_fit_the_network_is_one_line(tmp_path, constant_checkpoint):
+    ckpt = torch.load(constant_checkpoint, weights_only=True)
+    ckpt["state_dict"] = {k: v for k, v in list(ckpt["state_dict"].items())[:-2]}  # weights of another version
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    with pytest.raises(UserError, match=r"old.ckpt does not fit this vislab's change-detection network \(Runtime"):
+        load_change_net(tmp_path / "old.ckpt")
+    ckpt["vislab"]["model"] = {**ckpt["vislab"]["model"], "no_such_argument": 1}
+    torch.save(ckpt, tmp_path / "odd.ckpt")
+    with pytest.raises(UserError, match=r"odd.ckpt does not fit .*TypeError"):
+        load_change_net(tmp_path / "odd.ckpt")

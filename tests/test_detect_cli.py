@@ -131,3 +131,13 @@ def test_folders_globs_same_names_and_unique_ids(checkpoint, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="holds no image files"):
         detect_command(_args(checkpoint, [tmp_path / "empty"], tmp_path / "g2"))
+
+
+def test_a_checkpoint_of_another_version_is_one_line(checkpoint, tmp_path):
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["vislab"]["num_classes"] = 9  # heads of another size than the saved weights
+    torch.save(ckpt, tmp_path / "other.ckpt")
+    img = tmp_path / "x.png"
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(img)
+    with pytest.raises(UserError, match=r"other.ckpt does not fit this vislab's detector \(RuntimeError"):
+        detect_command(_args(tmp_path / "other.ckpt", [img], tmp_path / "o"))

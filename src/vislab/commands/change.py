@@ -111,9 +111,14 @@ def load_change_net(checkpoint: str | Path) -> tuple[Any, dict[str, Any]]:
     from vislab.models.change import ChangeNet
 
     ckpt, meta = read_checkpoint(checkpoint, "change-detection", what="the change-detection experiment")
-    spec = dict(meta["model"])
-    model = ChangeNet(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
-    model.load_state_dict(model_state(ckpt))
+    try:  # a checkpoint of another vislab version: its model facts or weights do not fit this ChangeNet
+        spec = dict(meta["model"])
+        model = ChangeNet(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
+        model.load_state_dict(model_state(ckpt))
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"checkpoint {checkpoint} does not fit this vislab's change-detection network "
+                        f"({type(exc).__name__}: {reason[:200]})") from None
     return model.eval(), meta
 
 

@@ -105,7 +105,12 @@ def detect_command(args: Any) -> int:
                            else ""))
     paths = expand_inputs(list(args.images))
     _check_inputs(paths)  # every image is checked before the model is loaded
-    model, meta = load_detector_checkpoint(args.checkpoint)
+    try:
+        model, meta = load_detector_checkpoint(args.checkpoint)
+    except (KeyError, TypeError, RuntimeError) as exc:  # model facts or weights of another vislab version
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"checkpoint {args.checkpoint} does not fit this vislab's detector "
+                        f"({type(exc).__name__}: {reason[:200]})") from None
     size = int(meta["image_size"])
     names = list(meta["label_names"])
     category_ids = list(meta.get("category_ids") or range(1, len(names) + 1))

@@ -246,3 +246,72 @@ def test_closed_stdout_exits_141_after_the_files_are_written(tmp_path):
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == "status 141", proc.stderr
     assert len(list(out.glob("*.png"))) == 1
+
+
+# -- data faults found before the run folder exists, and image faults of the task commands ------------------------
+
+
+def _coco_folder(root: Path, edit=None) -> Path:
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    images, anns = [], []
+    for i in range(6):
+        Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(root / "images" / f"{i}.png")
+        images.append({"id": i, "file_name": f"{i}.png", "width": 40, "height": 40})
+        anns.append({"id": i + 1, "image_id": i, "category_id": 1, "bbox": [1.0, 2.0, 10.0, 10.0]})
+    d = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "thing"}]}
+    if edit:
+        edit(d)
+    (root / "annotations.json").write_text(json.dumps(d))
+    return root
+
+
+@pytest.mark.parametrize("fault, edit, needle", [
+    ("nan-box", lambda d: d["annotations"][3]["bbox"].__setitem__(2, float("nan")), "non-finite bbox"),
+    ("negative-box", lambda d: d["annotations"][1]["bbox"].__setitem__(3, -2.0), "negative width or height"),
+    ("no-bbox", lambda d: d["annotations"][0].pop("bbox"), "lacks 'bbox'"),
+    ("no-categories", lambda d: d.__setitem__("categories", []), "'categories' is empty"),
+    ("duplicate-id", lambda d: d["images"][2].__setitem__("id", 1), "image id 1 appears twice"),
+    ("missing-image", lambda d: d["images"][4].__setitem__("file_name", "gone.png"), "not found"),
+    ("not-json", "not json", "is not valid JSON"),
+])
+def test_detection_data_faults_before_the_run_folder(tmp_path, capsys, fault, edit, needle):
+    root = _coco_folder(tmp_path / "coco", None if isinstance(edit, str) else edit)
+    if isinstance(edit, str):
+        (root / "annotations.json").write_text(edit)
+    out = tmp_path / "run"
+    code = _main(["run", "detection", "--data", str(root), "--out", str(out)])
+    err = capsys.readouterr().err
+    _assert_one_line(code, err)
+    assert needle in err and not out.exists(), err
+
+
+def test_task_command_image_faults(tmp_path, capsys, monkeypatch):
+    import re
+
+    import numpy as np
+    from PIL import Image
+
+    a, b = _texture_pair(tmp_path)
+    (tmp_path / "folder.png").mkdir()
+    Image.fromarray(np.full((96, 96), 77, np.uint8)).save(tmp_path / "flat.png")
+    cases = [(["change", str(tmp_path / "folder.png"), str(b)], "is a folder"),
+             (["change", "--pairs", str(tmp_path / "nope")], "--pairs .*nope does not exist"),
+             (["change", str(tmp_path / "flat.png"), str(tmp_path / "flat.png"), "--method", "phase"],
+              "no texture to register"),
+             (["change", str(a)], "give two images IMG1 IMG2"),
+             (["detect", "--checkpoint", str(tmp_path / "folder.png"), str(a)], "is a folder")]
+    for argv, needle in cases:
+        code = _main(argv + ["--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        _assert_one_line(code, err)
+        assert re.search(needle, err), (argv, err)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)  # 96×96 = 9216 pixels: a "bomb" at this limit
+    code = _main(["change", str(a), str(b), "--method", "phase", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    _assert_one_line(code, err)
+    assert "decompression bomb" in err

@@ -232,7 +232,10 @@ class BusyCompetitor:
         import sys
         import time
 
-        self.process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        # spins; every few million iterations it checks that the benchmark still runs (no orphan)
+        spin = ("import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n"
+                "    for _ in range(5_000_000):\n        pass\n")
+        self.process = subprocess.Popen([sys.executable, "-c", spin])
         time.sleep(0.5)
         return self
 

@@ -116,3 +116,20 @@ def test_errors_name_the_file_and_are_user_errors(tmp_path):
     with pytest.raises(TypeError, match="dtype"):
         read_image(tmp_path / "ok.png", "rgb", np.int16)
     assert check_image(tmp_path / "ok.png") is None and "cannot read" in check_image(tmp_path / "broken.png")
+
+
+def test_open_raw_keeps_label_values_and_orients(tmp_path):
+    from vislab.io import open_raw
+
+    labels = np.zeros((10, 30), np.uint8)
+    labels[:, :5] = 3  # class 3 on the left as stored
+    im = Image.fromarray(labels, "L").convert("P")
+    exif = im.getexif()
+    exif[0x0112] = 8  # rotate 90° counter-clockwise to display: the left band goes to the bottom
+    im.save(tmp_path / "mask.png", exif=exif)
+    raw = open_raw(tmp_path / "mask.png")
+    assert raw.mode == "P" and raw.size == (10, 30)
+    arr = np.asarray(raw)
+    assert set(np.unique(arr)) == {0, 3} and (arr[-5:] == 3).all() and (arr[:-5] == 0).all()
+    with pytest.raises(ImageReadError, match="does not exist"):
+        open_raw(tmp_path / "none.png")

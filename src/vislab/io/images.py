@@ -50,7 +50,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vislab.errors import UserError
 
-__all__ = ["ImageReadError", "check_image", "image_size", "open_image", "read_image", "to_array", "to_pil"]
+__all__ = ["ImageReadError", "check_image", "image_size", "open_image", "open_raw", "read_image", "to_array",
+           "to_pil"]
 
 MODES = ("rgb", "gray")
 _HIGH_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -189,6 +190,13 @@ def open_image(path: str | Path, mode: str = "rgb") -> Image.Image:
     channel rules of :func:`read_image` (high-bit images rounded to 8 bits). Raises as :func:`read_image`."""
     _check_mode(mode)
     return to_pil(_open(path), mode, where=str(path))
+
+
+def open_raw(path: str | Path) -> Image.Image:
+    """The decoded, EXIF-oriented ``PIL.Image`` of a file in its own mode (``P``, ``I;16``, ``L``...), with the
+    file checks and the decompression-bomb guard of :func:`read_image` but no value or channel conversion: for
+    label images (masks), whose values are classes, not intensities. Raises :class:`ImageReadError`."""
+    return _open(path)
 
 
 def check_image(path: str | Path) -> str | None:

@@ -1,13 +1,12 @@
 """Experiment ``sam-finetune`` (SPEC §8): SAM's mask decoder fine-tuned with box prompts on a frozen encoder.
 
 The model (``vislab.models.sam``): SAM's prompt encoder + mask decoder on a frozen ImageNet EfficientNet-Lite0
-(offline), or the official SAM with ``sam_checkpoint``. The data step encodes every view once (the embedding
-cache, :mod:`vislab.data.sam_prompts`); the decoder trains on cached features (MedSAM's recipe, or SAM's point
-and click prompts with ``prompts=points|mixed``: :class:`vislab.engine.tasks.sam_decoder.SamDecoderTask`).
-Rows on the same test boxes: ``finetuned``; untrained ``zero_shot`` (official SAM or ``init`` before
-fine-tuning), ``box`` (filled) and ``grabcut``. The report adds the prompt table (box, points, clicks; IoU,
-Dice, NSD, boundary IoU), NoC@85/90 and IoU against clicks (``vislab.models.sam_clicks``).
-Data: ``--data DIR`` (``images/`` + ``masks/``, ``vislab.data.masks``) or generated scenes; a seeded split.
+(offline), or the official SAM (``sam_checkpoint``). The data step encodes every view once (the embedding cache,
+:mod:`vislab.data.sam_prompts`); the decoder trains on cached features (MedSAM's boxes, or SAM's points and clicks
+with ``prompts=points|mixed``: :class:`vislab.engine.tasks.sam_decoder.SamDecoderTask`). Rows on the same test
+boxes: ``finetuned``; untrained ``zero_shot`` (official SAM or ``init``), ``box`` (filled) and ``grabcut``; then
+the prompt table, NoC@85/90 and IoU against clicks (``vislab.models.sam_clicks``). Data: ``--data DIR``
+(``images/`` + ``masks/``, ``vislab.data.masks``) or generated scenes; a seeded split.
 """
 
 from __future__ import annotations
@@ -297,6 +296,7 @@ class SamFinetune(Experiment):
                                  data.sets["val"], augment=data.augment, batch_size=cfg.batch_size, lr=cfg.lr,
                                  weight_decay=cfg.weight_decay, seed=cfg.seed, jitter=data.jitter, device=device,
                                  fraction=cfg.time_fraction)
+        module.eval_prompt = "box"  # every test row answers the same boxes (validation chose the epoch)
         t0 = time.perf_counter()
         res = evaluate(module, loaders["test"], device=device, desc="test")
         test_s = time.perf_counter() - t0

@@ -386,3 +386,21 @@ def test_the_kernel_runs_in_a_forked_child_after_the_parent_used_its_threads():
 def _forked_call(args):
     torch.set_num_threads(2)
     return deform_conv2d(*args[:7], mask=args[7])
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_output_gradient_in_any_layout(groups, cpu_kernel):
+    """The gradient arriving at the op may be channels-last, transposed or expanded (from .sum())."""
+    args = make_args(B=3, C=4, C_out=4, groups=groups, offset_groups=2)
+    x, offset, weight, bias, stride, padding, dilation, mask = args
+    out = deform_conv2d(x, offset, weight, bias, stride, padding, dilation, mask)
+    leaves = [x, offset, weight, bias, mask]
+    base = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=out.dtype)
+    expected = torch.autograd.grad(out, leaves, base, retain_graph=True)
+    for grad in (base.contiguous(memory_format=torch.channels_last), _layout(base, "transposed"),
+                 _layout(base, "sliced")):
+        for a, e in zip(torch.autograd.grad(out, leaves, grad, retain_graph=True), expected):
+            torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+    ones = torch.autograd.grad(out.sum(), leaves, retain_graph=True)  # an expanded (stride-0) gradient
+    for a, e in zip(ones, torch.autograd.grad(out, leaves, torch.ones_like(out))):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)

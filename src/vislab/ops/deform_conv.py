@@ -819,22 +819,23 @@ def _native_backward(grad_out, input, offset, mask, weight, geom: _Geometry,
             k.start_chunk(s, e, X_buffer)
             cols_or_grad = cols_buffer[:b * L * geom.sub_groups * geom.taps]
             go = grad_out[s:e].to(dtype).reshape(b, C_out, L)
-            if need_weight:
+            if need_weight:  # grad_W[g] += sum_i go[i, g] @ cols[i, :, g]: one batched product, then a sum
                 cols = k.sample(cols_or_grad).view(b, L, groups, -1)
-                for i in range(b):  # grad_W[g] += go[i, g] @ cols[i, :, g]
-                    if groups == 1:
-                        grad_w[0].addmm_(go[i], cols[i, :, 0])
-                    else:
-                        grad_w.baddbmm_(go[i].view(groups, -1, L), cols[i].transpose(0, 1))
+                if groups == 1:
+                    grad_w[0] += torch.bmm(go, cols[:, :, 0]).sum(0)
+                else:
+                    per_image = torch.bmm(go.reshape(b * groups, -1, L),
+                                          cols.permute(0, 2, 1, 3).reshape(b * groups, L, -1))
+                    grad_w += per_image.view(b, groups, *grad_w.shape[1:]).sum(0)
             if not (need_input or need_offset or need_mask):
                 continue
             grad_cols = cols_or_grad
             if groups == 1:  # grad_cols[i] = go[i]^T @ W
                 torch.bmm(go.transpose(1, 2), w[0].expand(b, -1, -1), out=grad_cols.view(b, L, -1))
-            else:
-                gc = grad_cols.view(b, L, groups, -1)
-                for i in range(b):
-                    torch.bmm(go[i].view(groups, -1, L).transpose(1, 2), w, out=gc[i].transpose(0, 1))
+            else:  # per image and group: go[i, g]^T @ W[g], one batched product
+                res = torch.bmm(go.reshape(b * groups, -1, L).transpose(1, 2),
+                                w.unsqueeze(0).expand(b, -1, -1, -1).reshape(b * groups, *w.shape[1:]))
+                grad_cols.view(b, L, groups, -1).copy_(res.view(b, groups, L, -1).transpose(1, 2))
             gX = gX_buffers[:len(k.ranges), :b] if need_input else None
             k.sample_backward(grad_cols, gX, None if go_off is None else go_off[s:e],
                               None if go_mask is None else go_mask[s:e])

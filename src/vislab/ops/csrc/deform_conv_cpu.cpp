@@ -98,6 +98,30 @@ void im2col(const T* __restrict X, const T* offset, const T* mask, T* __restrict
   const int64_t K = g.kh * g.kw, Gs = g.G * g.r, Cs = g.Cs, Wp = g.W + 2 * PAD;
   const int64_t P = (g.H + 2 * PAD) * Wp;
   RowPoints<T> pts(g);
+  if (Cs == 1 && g.r == 1) {  // one channel per offset group (a grayscale input): vectorise along wo
+    for (int64_t row = start; row < end; ++row) {
+      const int64_t bi = row / g.Ho, ho = row % g.Ho;
+      pts.compute(g, offset, mask, bi, ho);
+      T* out_row = cols + row * g.Wo * Gs * K;
+      for (int64_t gi = 0; gi < g.G; ++gi) {
+        const T* Xb = X + (bi * Gs + gi) * P;
+        for (int64_t k = 0; k < K; ++k) {
+          const int64_t q0 = (gi * K + k) * g.Wo, step = Gs * K;
+          const int32_t* px = pts.pixel.data() + q0;
+          const T *fy = pts.ly.data() + q0, *fx = pts.lx.data() + q0, *fm = pts.m.data() + q0;
+          T* o = out_row + gi * K + k;
+#pragma omp simd
+          for (int64_t wo = 0; wo < g.Wo; ++wo) {
+            const int64_t p = px[wo];
+            const T ly = fy[wo], lx = fx[wo], m = fm[wo];
+            o[wo * step] = m * ((1 - ly) * ((1 - lx) * Xb[p] + lx * Xb[p + 1]) +
+                                ly * ((1 - lx) * Xb[p + Wp] + lx * Xb[p + Wp + 1]));
+          }
+        }
+      }
+    }
+    return;
+  }
   for (int64_t row = start; row < end; ++row) {
     const int64_t bi = row / g.Ho, ho = row % g.Ho;
     pts.compute(g, offset, mask, bi, ho);
@@ -138,6 +162,56 @@ void col2im_coordinates(const T* __restrict X, const T* offset, const T* mask, c
   const int64_t P = (g.H + 2 * PAD) * Wp;
   const bool coordinates = grad_offset != nullptr || grad_mask != nullptr;
   RowPoints<T> pts(g);
+  if (Cs == 1 && g.r == 1) {  // one channel per offset group: the coordinate gradients vectorise along wo
+    for (int64_t row = start; row < end; ++row) {
+      const int64_t bi = row / g.Ho, ho = row % g.Ho;
+      pts.compute(g, offset, mask, bi, ho);
+      const T* grad_row = gcols + row * g.Wo * Gs * K;
+      for (int64_t gi = 0; gi < g.G; ++gi) {
+        const T* Xb = X + (bi * Gs + gi) * P;
+        for (int64_t k = 0; k < K; ++k) {
+          const int64_t q0 = (gi * K + k) * g.Wo, step = Gs * K;
+          const int32_t* px = pts.pixel.data() + q0;
+          const T *fy = pts.ly.data() + q0, *fx = pts.lx.data() + q0, *fm = pts.m.data() + q0;
+          const T* gc = grad_row + gi * K + k;
+          if (grad_offset) {
+            T* goy = grad_offset + (bi * 2 * g.G * K + 2 * (gi * K + k)) * L + ho * g.Wo;
+            T* gox = goy + L;
+#pragma omp simd
+            for (int64_t wo = 0; wo < g.Wo; ++wo) {
+              const int64_t p = px[wo];
+              const T v = gc[wo * step] * fm[wo], ly = fy[wo], lx = fx[wo];
+              const T a00 = Xb[p], a01 = Xb[p + 1], a10 = Xb[p + Wp], a11 = Xb[p + Wp + 1];
+              goy[wo] = v * ((a10 - a00) * (1 - lx) + (a11 - a01) * lx);
+              gox[wo] = v * ((a01 - a00) * (1 - ly) + (a11 - a10) * ly);
+            }
+          }
+          if (grad_mask) {
+            T* gm = grad_mask + (bi * g.G * K + gi * K + k) * L + ho * g.Wo;
+#pragma omp simd
+            for (int64_t wo = 0; wo < g.Wo; ++wo) {
+              const int64_t p = px[wo];
+              const T ly = fy[wo], lx = fx[wo];
+              gm[wo] = gc[wo * step] * ((1 - ly) * ((1 - lx) * Xb[p] + lx * Xb[p + 1]) +
+                                        ly * ((1 - lx) * Xb[p + Wp] + lx * Xb[p + Wp + 1]));
+            }
+          }
+          if (gX) {  // scattered: points may share corners, so no vectorisation here
+            T* gXb = gX + (bi * Gs + gi) * P;
+            for (int64_t wo = 0; wo < g.Wo; ++wo) {
+              const int64_t p = px[wo];
+              const T v = gc[wo * step] * fm[wo], ly = fy[wo], lx = fx[wo];
+              gXb[p] += (1 - ly) * (1 - lx) * v;
+              gXb[p + 1] += (1 - ly) * lx * v;
+              gXb[p + Wp] += ly * (1 - lx) * v;
+              gXb[p + Wp + 1] += ly * lx * v;
+            }
+          }
+        }
+      }
+    }
+    return;
+  }
   for (int64_t row = start; row < end; ++row) {
     const int64_t bi = row / g.Ho, ho = row % g.Ho;
     pts.compute(g, offset, mask, bi, ho);

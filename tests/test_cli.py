@@ -35,7 +35,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     _one_line_error(run_cli("run", "folder-classifier", "--set", "epoch=2", "--out", str(tmp_path / "r2")),
                     "unknown config key 'epoch'; valid keys: epochs")
     _one_line_error(run_cli("run", "folder-classifier", "--set", "variants=big_cnn", "--out", str(tmp_path / "r3")),
-                    "unknown variant 'big_cnn'")
+                    "invalid value for variants: 'big_cnn'")
     empty = tmp_path / "empty"
     (empty / "a").mkdir(parents=True)
     (empty / "b").mkdir(parents=True)

@@ -74,3 +74,18 @@ def test_constraints_on_tuples_and_choices():
                       (["pool=sum"], "expected one of max, avg")):
         with pytest.raises(UserError, match=msg):
             apply_overrides(C(), over)
+
+
+def test_a_redeclared_field_keeps_its_base_constraints():
+    from dataclasses import dataclass
+
+    @dataclass
+    class Sub(CommonConfig):
+        epochs: int = 30  # a new default only
+        lr: float = 0.1
+
+    for item, msg in (("epochs=0", "epochs must be >= 1"), ("lr=-1", "lr must be > 0"), ("lr=inf", "finite")):
+        with pytest.raises(UserError, match=msg):
+            apply_overrides(Sub(), [item])
+    rows = {r[0]: r[3] for r in describe_config(Sub)}
+    assert rows["epochs"] == ">= 1" and rows["lr"] == "> 0"

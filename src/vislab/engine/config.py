@@ -78,14 +78,25 @@ def describe_config(cfg_cls: type) -> list[tuple[str, str, Any, str, str]]:
     out = []
     for f in fields(cfg_cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        out.append((f.name, _type_name(hints[f.name]), default, constraint_text(f),
+        out.append((f.name, _type_name(hints[f.name]), default, constraint_text(f, cfg_cls),
                     _field_comment(cfg_cls, f.name)))
     return out
 
 
-def constraint_text(f: dataclasses.Field) -> str:
+def constraints_of(cfg_cls: type, name: str) -> dict[str, Any]:
+    """The constraints of field ``name``: its own, or, when a subclass redeclares the field with a new default
+    only (``epochs: int = 30``), those its base classes declared."""
+    for klass in cfg_cls.__mro__:
+        if dataclasses.is_dataclass(klass):
+            f = {x.name: x for x in fields(klass)}.get(name)
+            if f is not None and f.metadata.get("constraints"):
+                return dict(f.metadata["constraints"])
+    return {}
+
+
+def constraint_text(f: dataclasses.Field, cfg_cls: type | None = None) -> str:
     """``"> 0"``, ``">= 1, < 4294967296"``, ``"one of max, avg"``, ``"2 items, each >= 0"`` (empty: none)."""
-    c = dict(f.metadata.get("constraints", {}))
+    c = constraints_of(cfg_cls, f.name) if cfg_cls is not None else dict(f.metadata.get("constraints", {}))
     parts = [f"{op} {c[k]:g}" if isinstance(c[k], float) else f"{op} {c[k]}"
              for k, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if k in c]
     if "choices" in c:
@@ -116,7 +127,7 @@ def check_constraints(cfg: Any) -> None:
         v = getattr(cfg, f.name)
         if v is None:
             continue
-        c = dict(f.metadata.get("constraints", {}))
+        c = constraints_of(type(cfg), f.name)
         if isinstance(v, (tuple, list)):
             if "length" in c and len(v) != c["length"]:
                 raise UserError(f"{f.name} must have {c['length']} items, got {len(v)}: {tuple(v)}")

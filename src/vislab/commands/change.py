@@ -107,7 +107,7 @@ def check_texture(img: np.ndarray, name: str) -> None:
 
 def load_change_net(checkpoint: str | Path) -> tuple[Any, dict[str, Any]]:
     """The network of a ``change-detection`` run's checkpoint (weights-only load) and its metadata."""
-    from vislab.engine.checkpoint import model_state, read_checkpoint
+    from vislab.io.checkpoint import model_state, read_checkpoint
     from vislab.models.change import ChangeNet
 
     ckpt, meta = read_checkpoint(checkpoint, "change-detection", what="the change-detection experiment")

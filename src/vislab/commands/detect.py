@@ -90,8 +90,8 @@ def detect_command(args: Any) -> int:
     from tqdm import tqdm
 
     from vislab.commands._console import LineWriter
-    from vislab.engine.run_dir import atomic_write_bytes, atomic_write_text
     from vislab.experiments.detection import load_detector_checkpoint
+    from vislab.io.files import atomic_write_bytes, atomic_write_text
     from vislab.io.images import open_image
 
     score = float(getattr(args, "score", 0.5))

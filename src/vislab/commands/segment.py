@@ -181,7 +181,7 @@ def segment_command(args: Any) -> int:
     except OSError as exc:
         raise UserError(f"cannot read image {str(path)!r} ({exc})") from None
     clipped = check_prompts(points, box, image.size, point_texts)
-    from vislab.engine.run_dir import atomic_write_bytes
+    from vislab.io.files import atomic_write_bytes
     from vislab.models.sam import load_finetuned
 
     model = load_finetuned(args.checkpoint, sam_checkpoint=getattr(args, "sam_checkpoint", None))

@@ -67,8 +67,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vislab.data.generated import building, is_complete
-from vislab.engine.run_dir import atomic_write_text
 from vislab.errors import UserError
+from vislab.io.files import atomic_write_text
 from vislab.io.images import image_size as _image_size
 from vislab.io.images import open_image
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from vislab.engine.run_dir import atomic_write_text
+from vislab.io.files import atomic_write_text
 
 STAMP = ".complete.json"
 

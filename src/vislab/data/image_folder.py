@@ -21,8 +21,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from vislab.engine.run_dir import atomic_write_text
 from vislab.errors import UserError
+from vislab.io.files import atomic_write_text
 from vislab.io.images import check_image, open_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")

@@ -43,8 +43,8 @@ from torch import Tensor
 
 from vislab.data.generated import building, is_complete
 from vislab.data.image_folder import IMAGE_EXTENSIONS
-from vislab.engine.run_dir import atomic_write_text
 from vislab.errors import UserError
+from vislab.io.files import atomic_write_text
 
 __all__ = ["PROMPT_MODES", "SCENE_SHAPES", "JointAugment", "MaskFolder", "MaskSample", "check_mask_folder",
            "default_scene_dir",

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from vislab.data.generated import building, is_complete
-from vislab.engine.run_dir import atomic_write_text
+from vislab.io.files import atomic_write_text
 
 SHAPE_CLASSES = ("circle", "cross", "square", "star", "triangle")
 _VERSION = 1

@@ -11,7 +11,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,29 +18,11 @@ from typing import Any
 
 import yaml
 
+from vislab.io.files import atomic_write_bytes, atomic_write_text  # noqa: F401 - re-exported
+
 # metrics.csv: identity columns first, then metric columns in the order first seen.
 KEY_COLUMNS = ("seed", "variant", "stage", "epoch")
 LOCK_NAME = ".lock"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def is_rank_zero() -> bool:

@@ -277,7 +277,7 @@ class DeformVsConv(Experiment):
                 f"{i}: {cid} {n}" for i, (cid, n) in enumerate(zip(data.info["category_ids"], data.label_names))))
 
     def load_model(self, checkpoint: Any) -> torch.nn.Module:
-        from vislab.engine.checkpoint import model_state, read_checkpoint
+        from vislab.io.checkpoint import model_state, read_checkpoint
 
         ckpt, meta = read_checkpoint(checkpoint, "multilabel", what="a deform-vs-conv run")
         build = meta.get("build")

@@ -8,9 +8,10 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from vislab.engine.run_dir import atomic_write_text, to_json
+from vislab.engine.run_dir import to_json
 from vislab.errors import UserError
 from vislab.experiments._registry import get_experiment, list_experiments
+from vislab.io.files import atomic_write_text
 from vislab.protocol.runner import RunOptions, run_experiment
 
 

@@ -312,7 +312,7 @@ class Transfer(Experiment):
     def load_model(self, checkpoint: Any) -> nn.Module:
         """The classifier of a run's final stage: a whole classifier (joint, control), or the FC of a head stage
         on the packaged pretrained features (``ce_fc``) or on those of its sibling triplet stage."""
-        from vislab.engine.checkpoint import model_state, read_checkpoint
+        from vislab.io.checkpoint import model_state, read_checkpoint
         from vislab.models.backbones import create_classifier
 
         ckpt, meta = read_checkpoint(checkpoint, "transfer", what="a transfer run")

@@ -53,8 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vislab.engine.checkpoint import model_state, read_checkpoint
 from vislab.errors import UserError
+from vislab.io.checkpoint import model_state, read_checkpoint
 
 __all__ = ["COORDS", "MODEL_TYPES", "SAM_CHECKPOINT_URLS", "BoxPromptSam", "FineFeatures", "LiteImageEncoder",
            "SamDecoder", "SamEncoder", "SamPrompter", "build_offline_sam", "lite0_stride16", "load_finetuned",

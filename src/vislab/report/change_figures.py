@@ -108,7 +108,7 @@ def save_plain(fig: Any, path: Path, dpi: int = 100) -> Path:
 
     import matplotlib.pyplot as plt
 
-    from vislab.engine.run_dir import atomic_write_bytes
+    from vislab.io.files import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)

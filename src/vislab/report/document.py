@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vislab.engine.run_dir import atomic_write_text
+from vislab.io.files import atomic_write_text
 
 
 @dataclass

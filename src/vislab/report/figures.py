@@ -24,7 +24,7 @@ def save_figure(fig: Any, path: str | Path) -> Path:
     """Write a matplotlib figure as a PNG, atomically; close it; return the path."""
     import io
 
-    from vislab.engine.run_dir import atomic_write_bytes
+    from vislab.io.files import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")

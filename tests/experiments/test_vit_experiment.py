@@ -15,10 +15,10 @@ from vislab.errors import UserError
 from vislab.experiments.vit import VitConfig, VitExperiment, shuffle_patches
 from vislab.protocol.runner import RunOptions, run_experiment
 
-N_FIGURES = 5  # curves, shuffled examples, attention, positional similarity, cost
+N_FIGURES = 7  # curves, shuffled examples, attention, positional similarity, cost, methods of each model
 TINY = {"epochs": 1, "per_class": 12, "image_size": 32, "patch_size": 8, "num_layers": 1, "num_heads": 2,
         "hidden_dim": 16, "mlp_dim": 16, "batch_size": 16, "attention_images": 2, "cost_sizes": (7, 14),
-        "cost_repeats": 1, "warmup_epochs": 0.5}
+        "cost_repeats": 1, "warmup_epochs": 0.5, "explain_images": 2, "explain_steps": 4}
 
 
 def _run(out: Path, overrides: dict, **opts):
@@ -88,6 +88,17 @@ def test_shapes_run_folder_summary_and_report(shapes_run):
     assert claims[1]["higher_is_better"] is False and all(c["n_seeds"] == 1 for c in claims)
     assert all(c["verdict"] in ("holds", "not shown", "fails") and "bootstrap" in c["note"] for c in claims)
     assert "Claims checked" in md and "keeps more accuracy than small_cnn under 4×4 patch shuffling" in md
+    expl = saved["explanations"]
+    assert expl["n_images"] == 2 and len(expl["images"]) == 2 and expl["seconds"] > 0
+    assert set(expl["rows"]) == {"vit", "small_cnn"} and expl["layers"]["small_cnn"] == "features.8"
+    assert {"gradcam", "scorecam", "random", "rollout", "gradattention"} <= set(expl["rows"]["vit"])
+    assert "rollout" not in expl["rows"]["small_cnn"] and "ablationcam" in expl["rows"]["small_cnn"]
+    for rows in expl["rows"].values():
+        for m in rows.values():
+            assert {"pointing_game", "deletion_auc", "insertion_auc", "road", "sanity_correlation"} <= set(m)
+            assert 0 <= m["deletion_auc"]["mean"] <= 1 and m["ms_per_image"] > 0
+    assert "Explanations: localisation and faithfulness" in md and "| small_cnn | gradcam (features.8) |" in md
+    assert (out / "figures" / "methods_vit.png").exists() and (out / "figures" / "methods_small_cnn.png").exists()
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == N_FIGURES
     assert "Ω(MSA) = 4hwC² + 2(hw)²C" in html and "patch shuffling" in html
@@ -96,7 +107,7 @@ def test_shapes_run_folder_summary_and_report(shapes_run):
 
 def test_two_seeds_give_per_seed_values_and_paired_claims(tmp_path):
     out = tmp_path / "run"
-    result, _ = _run(out, {**TINY, "cost_sizes": (7,), "attention_images": 1}, seeds=2)
+    result, _ = _run(out, {**TINY, "cost_sizes": (7,), "attention_images": 1, "explain_images": 0}, seeds=2)
     assert result.seeds == [0, 1]
     for v in ("vit", "small_cnn"):
         acc = result["runs"][v]["test"]["accuracy"]
@@ -107,6 +118,7 @@ def test_two_seeds_give_per_seed_values_and_paired_claims(tmp_path):
     assert (out / "checkpoints" / "s1" / "vit" / "best.ckpt").exists()
     md = (out / "report.md").read_text()
     assert "Claims checked" in md and "2 seeds (0, 1)" in md
+    assert "explanations" not in result.summary and "Explanations:" not in md  # explain_images=0: no table
 
 
 def test_shapes_run_models_and_metrics_rows(shapes_run):
@@ -137,7 +149,9 @@ def test_cifar10_miniature_all_ten_classes(tmp_path):
     assert d["boxes"] is False and d["pointing_game_chance"] is None
     t = summary["runs"]["vit"]["test"]
     assert "shuffle_2x2_accuracy" in t and "attention_pointing_game" not in t
-    assert summary.claims[1]["verdict"] == "not shown" and "no test shuffle_4x4_drop" in summary.claims[1]["note"]
+    assert summary.claims == []  # both claims compare vit with small_cnn, which this run did not train
+    rollout = summary["explanations"]["rows"]["vit"]["rollout"]  # no boxes: no pointing game
+    assert "pointing_game" not in rollout and "insertion_auc" in rollout
     assert (out / "figures" / "attention_vit.png").exists()
 
 

@@ -12,10 +12,10 @@ Variants (same data, seed, optimiser and schedule: AdamW, linear warm-up then co
 Data: by default the generated five-shape images (with object boxes for the pointing games), split 80/10/10;
 ``--data cifar10 --root DIR [--download]``: all ten CIFAR-10 classes (:mod:`vislab.data.splits`).
 
-Claims: the ViT beats the CNN on test accuracy, and keeps more of it when every test image's 4×4 grid of cells is
-randomly permuted (a smaller ``shuffle_4x4_drop``). The report adds the shuffled accuracies, last-layer attention
-per head and the rollout beside the CNN's Grad-CAM with their pointing games, the learned positional embeddings'
-similarity (ViT paper Fig. 7), and the cost of global MSA vs Swin's W-MSA against the token count.
+Claims: the ViT beats the CNN on test accuracy, and keeps more of it when each test image's 4×4 grid of cells is
+permuted (a smaller ``shuffle_4x4_drop``). The report adds attention per head and rollout beside the CNN's Grad-CAM
+with pointing games, every explanation method × measure, the positional embeddings' similarity (ViT paper Fig. 7)
+and the cost of global MSA vs Swin's W-MSA against the token count.
 """
 
 from __future__ import annotations
@@ -97,6 +97,7 @@ class VitConfig(CommonConfig):
     rollout_discard: float = param(0.0, ge=0, lt=1)  # rollout: drop this fraction of the lowest weights per layer
     cam_layer: str | None = None  # small_cnn Grad-CAM layer (None: its last conv)
     explain_images: int = param(16, ge=0)  # test images of the explanation method × measure table (0: no table)
+    explain_steps: int = param(50, ge=1)  # explanations: steps of the deletion / insertion curves
     cost_sizes: tuple[int, ...] = param((7, 14, 21, 28, 42, 56), ge=1)  # MSA vs W-MSA cost: square maps of these sides
     cost_dim: int = param(96, ge=1)  # cost: channels C (Swin-T stage 1)
     cost_heads: int = param(3, ge=1)  # cost: heads
@@ -138,17 +139,11 @@ class ResizedInput(nn.Module):
 
 @dataclass
 class _Data:
+    name: str
+    classes: list[str]
     splits: ImageSplits
-    ds: dict[str, NormalizedImages]
+    ds: dict[str, NormalizedImages]  # split -> normalised images
     info: dict[str, Any]
-
-    @property
-    def name(self) -> str:
-        return self.splits.name
-
-    @property
-    def classes(self) -> list[str]:
-        return self.splits.classes
 
 
 class VitExperiment(Experiment):
@@ -167,12 +162,12 @@ class VitExperiment(Experiment):
         if quick:
             return {"epochs": 2, "per_class": 60, "num_layers": 2, "hidden_dim": 32, "mlp_dim": 64,
                     "augment": "none", "attention_images": 4, "cost_sizes": (7, 14), "cost_repeats": 1,
-                    "warmup_epochs": 0.5, "explain_images": 4}
+                    "warmup_epochs": 0.5, "explain_images": 2, "explain_steps": 5}
         # 2 idle cores, 10,000 training images, ~10-14 s per ViT epoch. lr 1e-3: test 0.594 after 5 epochs; lr 3e-3:
         # 0.599 after 7, 0.631 after 9 (val 0.654); batch 32, lr 5e-3, width 96 x 3 blocks, 2 heads or 4-px
         # patches (16 tokens, 10 epochs) learned no faster per second. The small CNN: 0.98.
         return {"epochs": 9, "per_class": 2500, "num_layers": 4, "augment": "none", "warmup_epochs": 0.5,
-                "lr": 3e-3, "cost_sizes": (7, 14, 28, 42), "explain_images": 8}
+                "lr": 3e-3, "cost_sizes": (7, 14, 28, 42), "explain_images": 4, "explain_steps": 10}
 
     # -- checks across fields and data ---------------------------------------------------------------
     def validate(self, cfg: VitConfig, data: str | None, root: str | None) -> None:
@@ -240,7 +235,7 @@ class VitExperiment(Experiment):
                 "boxes": bool(with_box), "pointing_game_chance": chance,
                 "description": f"{desc}; {cfg.image_size}×{cfg.image_size} px"}
         ds = {k: NormalizedImages(sp.images[k], sp.labels[k], IMAGENET_MEAN, IMAGENET_STD) for k in sp.images}
-        return _Data(sp, ds, info)
+        return _Data(sp.name, sp.classes, sp, ds, info)
 
     # -- variants --------------------------------------------------------------------------------------
     def _build(self, cfg: VitConfig, variant: str, num_classes: int) -> tuple[nn.Module, dict[str, Any], float, int]:
@@ -362,12 +357,10 @@ class VitExperiment(Experiment):
         rows = attention_cost_table([(s, s) for s in cfg.cost_sizes], cfg.cost_dim, heads=cfg.cost_heads,
                                     window=cfg.cost_window, timing=True, repeats=cfg.cost_repeats)
         ctx.log(f"cost: MSA vs W-MSA on {len(rows)} map sizes in {time.perf_counter() - t0:.1f} s")
-        extra: dict[str, Any] = {"cost": {
-            "dim": cfg.cost_dim, "heads": cfg.cost_heads, "window": cfg.cost_window, "rows": rows,
-            "measured_equals_formula": all(r["msa_flops"] == 2 * r["msa_macs"] and r["wmsa_flops"] == 2 * r["wmsa_macs"]
-                                           and r["swmsa_flops"] == 2 * r["wmsa_macs"] for r in rows)}}
-        extra.update(self.explanations(ctx, data, result))
-        return extra
+        same = all((r["msa_flops"], r["wmsa_flops"], r["swmsa_flops"]) == (2 * r["msa_macs"], 2 * r["wmsa_macs"],
+                                                                          2 * r["wmsa_macs"]) for r in rows)
+        return {"cost": {"dim": cfg.cost_dim, "heads": cfg.cost_heads, "window": cfg.cost_window, "rows": rows,
+                         "measured_equals_formula": same}, **self.explanations(ctx, data, result)}
 
     # -- report ----------------------------------------------------------------------------------------
     def describe(self, ctx: RunContext, data: _Data) -> str:
@@ -396,31 +389,45 @@ class VitExperiment(Experiment):
         vf.attention_section(rep, runs, states, data.classes, data.splits.labels["test"],
                              chance=data.info["pointing_game_chance"], fusion=cfg.rollout_fusion,
                              discard=cfg.rollout_discard, path=ctx.run.figure)
+        if result.summary.get("explanations"):
+            vf.explanations_section(rep, result.summary["explanations"], {v: s["methods"] for v, s in states.items()},
+                                    data.ds["test"].all(), data.splits.labels["test"], data.classes, ctx.run.figure)
         vf.positions_section(rep, {v: s["explain"]["pos_similarity"] for v, s in states.items()
                                    if "pos_similarity" in s["explain"]}, ctx.run.figure)
         vf.cost_section(rep, result.summary["cost"], ctx.run.figure("attention_cost.png"))
 
     def explanations(self, ctx: RunContext, data: _Data, result: Any) -> dict[str, Any]:
-        """The explanation method × measure table (issue 23): not available yet."""
-        return {}
+        """Every CAM method on each trained model (first seed), and the ViT's attention attributions, on the same
+        ``explain_images`` test images (issue 23): the method × measure table; the maps stay for the figure."""
+        from vislab.explain.evaluate import explanation_table
+        from vislab.report.vit_figures import explanation_summary
+
+        cfg: VitConfig = ctx.cfg
+        n = len(data.splits.labels["test"])
+        idx = np.unique(np.linspace(0, n - 1, min(cfg.explain_images, n)).round().astype(int)).tolist()
+        if not idx:
+            return {}
+        boxes = [data.splits.boxes["test"][i] for i in idx]
+        t0 = time.perf_counter()
+        tables = {}
+        for v, r in result.variants[result.seeds[0]].items():
+            tables[v] = r.state["methods"] = explanation_table(
+                r.state["model"], cfg.cam_layer if v == "small_cnn" else None, data.ds["test"].all()[idx],
+                boxes_or_masks=None if None in boxes else boxes, step=-(-cfg.image_size ** 2 // cfg.explain_steps),
+                seed=cfg.seed)
+        seconds = time.perf_counter() - t0
+        ctx.log(f"explanations: {len(tables)} models on {len(idx)} test images in {seconds:.1f} s")
+        return {"explanations": {"images": idx, "seconds": round(seconds, 2), **explanation_summary(tables)}}
 
     def load_model(self, checkpoint: Any) -> nn.Module:
         from vislab.engine.checkpoint import model_state, read_checkpoint
+        from vislab.models import create_model
+        from vislab.models.vit import VisionTransformer, vit_b_16
 
         ckpt, meta = read_checkpoint(checkpoint, "classification", what="a vit run")
-        spec = meta["model"]
-        if spec["name"] == "VisionTransformer":
-            from vislab.models.vit import VisionTransformer
-
-            model: nn.Module = VisionTransformer(**spec["kwargs"])
-        elif spec["name"] == "small_cnn":
-            from vislab.models import create_model
-
-            model = create_model("small_cnn", **spec["kwargs"])
-        else:
-            from vislab.models.vit import vit_b_16
-
-            model = ResizedInput(vit_b_16(**spec["kwargs"]), spec["kwargs"]["image_size"])
+        name, kw = meta["model"]["name"], meta["model"]["kwargs"]
+        model = (VisionTransformer(**kw) if name == "VisionTransformer" else create_model("small_cnn", **kw)
+                 if name == "small_cnn" else ResizedInput(vit_b_16(**kw), kw["image_size"]))
         model.load_state_dict(model_state(ckpt))
         return model.eval()
 

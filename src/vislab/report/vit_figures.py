@@ -1,7 +1,9 @@
-"""Figures of the ``vit`` experiment's report: shuffled test images, the attention / Grad-CAM grid, the
-positional-embedding similarity summary, and the cost of global vs window attention against the token count.
+"""Figures and sections of the ``vit`` experiment's report: shuffled test images, the attention / Grad-CAM grid,
+the positional-embedding similarity summary, the cost of global vs window attention against the token count, and
+the explanation method × measure table with the same images under every method.
 
-Each takes plain tensors or rows and a path, draws with matplotlib's Agg backend and returns the path.
+The figure functions take plain tensors or rows and a path, draw with matplotlib's Agg backend and return the
+path; the ``*_section`` functions add a heading, text, tables and figures to a report.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from torch import Tensor
 
 from vislab.report import figures
 
-__all__ = ["attention_grid", "attention_section", "cost_section", "plot_attention_cost", "position_similarity_stats",
-           "positions_section", "shuffle_section", "shuffled_examples"]
+__all__ = ["attention_grid", "attention_section", "cost_section", "explanation_summary", "explanations_section",
+           "plot_attention_cost", "position_similarity_stats", "positions_section", "shuffle_section",
+           "shuffled_examples"]
 
 
 def _rgb(x: Tensor) -> np.ndarray:
@@ -219,3 +222,56 @@ def cost_section(rep: Any, cost: Mapping[str, Any], path: str | Path) -> None:
                 sig(r.get("swmsa_ms"))] for r in rows])
     rep.figure(plot_attention_cost(rows, path, dim=c, heads=heads, window=m),
                "Lines: the formulas (×2 for FLOPs); markers: counted on our modules. Right: measured time.")
+
+
+def explanation_summary(tables: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The summary's ``explanations`` block from ``{model: explanation_table(...)}``: per model and method, each
+    measure's mean and 95 % Student-t interval over the images (``ms_per_image``: one number)."""
+    from vislab.protocol import stats
+
+    rows: dict[str, Any] = {}
+    for v, table in tables.items():
+        rows[v] = {}
+        for name, row in table["methods"].items():
+            entry: dict[str, Any] = {"ms_per_image": float(row["ms_per_image"])}
+            for k in (*table["measures"], "sanity_passed"):
+                if k != "ms_per_image" and row.get(k) is not None:
+                    s = stats.summarize([float(x) for x in row[k]])
+                    entry[k] = {"mean": s["mean"], "ci95": s["ci95"]}
+            rows[v][name] = entry
+    first = next(iter(tables.values()), {})
+    return {"n_images": first.get("n_images"), "layers": {v: t["layer"] for v, t in tables.items()}, "rows": rows}
+
+
+def explanations_section(rep: Any, expl: Mapping[str, Any], tables: Mapping[str, Any], images: Tensor,
+                         labels: Tensor, classes: Sequence[str], path: Any, *, figure_images: int = 4) -> None:
+    """"Explanations": one method × measure table for every model (the ViT's attributions and the CNN's CAMs in
+    the same units) and, per model, the same test images under every method. ``images``/``labels``: the whole
+    test split (normalised); ``expl["images"]`` the indices the table used."""
+    from vislab.data.transforms import denormalize
+    from vislab.explain.evaluate import methods_figure
+    from vislab.protocol.report import sig
+    from vislab.protocol.results import format_interval
+
+    rep.heading("Explanations: localisation and faithfulness")
+    rep.text(f"Every CAM method (and, for a ViT, attention rollout and gradient-weighted attention) on the same "
+             f"{expl['n_images']} test images, explaining each model's predicted class, from `vislab.explain.evaluate`"
+             ". Pointing game: the map's peak in the object's box (every image, right or wrong). Deletion / insertion "
+             "AUC: the class probability as the most relevant pixels are blurred away / blurred ones restored. ROAD: "
+             "(LeRF − MoRF)/2 in logits under noisy linear imputation. Sanity ρ: Spearman correlation with the map of "
+             "the model re-initialised from the head down to the explained layer (lower: the map depends on the "
+             f"weights); passed: ρ < 0.5. Mean ± 95 % interval over the images. Added time: {expl['seconds']:.3g} s.")
+    cols = ("pointing_game", "deletion_auc", "insertion_auc", "road", "sanity_correlation", "sanity_passed")
+    rows = [[v, f"{name} ({expl['layers'][v]})" if name not in ("rollout", "gradattention") else name,
+             *(format_interval(m[k]) if k in m else "—" for k in cols), sig(m["ms_per_image"])]
+            for v, methods in expl["rows"].items() for name, m in methods.items()]
+    rep.table(["model", "method (layer)", "pointing game ↑", "deletion AUC ↓", "insertion AUC ↑", "ROAD ↑",
+               "sanity ρ ↓", "sanity passed ↑", "ms/image ↓"], rows,
+              caption="ms/image: the method's own call on this run's machine (not the measures).")
+    idx = list(expl["images"])[:figure_images]
+    k = len(idx)
+    for v, table in tables.items():
+        cams = {name: c[:k] for name, c in table["cams"].items()}
+        fig = methods_figure(denormalize(images[idx]), cams, path(f"methods_{v}.png"),
+                             row_titles=[classes[int(labels[i])] for i in idx])
+        rep.figure(fig, f"`{v}`: the first {k} of these test images under every method (true class over the image).")

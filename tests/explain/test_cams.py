@@ -61,6 +61,10 @@ def _model(name: str) -> torch.nn.Module:
         # 1e-6 epsilon and the scaling's 1e-7 (both pytorch-grad-cam's): blank maps that would compare nothing
         torch.nn.init.normal_(m.classifier[3].weight, std=1.0)
         return m
+    if name == "squeezenet1_1":  # ReLU(inplace=True) after its convs, as VGG
+        m = torchvision.models.squeezenet1_1(num_classes=6).eval()
+        torch.nn.init.normal_(m.classifier[1].weight, std=1.0)  # its head init (std 0.01): gradients ~1e-5, as above
+        return m
     if name == "small_cnn":
         return create_model("small_cnn", num_classes=6).eval()
     vit = VisionTransformer(32, 8, 2, 2, 16, 32, num_classes=6).eval()
@@ -74,6 +78,8 @@ CASES = [  # (model, layer, image size, post-ReLU layer)
     ("resnet18", "layer2", 48, True),
     ("mobilenet_v3_small", "features.11", 96, False),
     ("mobilenet_v3_small", "features.8.block.2", 64, False),
+    ("squeezenet1_1", "features.3.squeeze", 64, False),  # a conv whose output the next ReLU changes in place
+    ("squeezenet1_1", "features.12", 64, True),
     ("small_cnn", "features.4", 48, True),
     ("small_cnn", "features.8", 48, True),
     ("vit", "encoder.layers.encoder_layer_1.ln_1", 32, False),
@@ -96,8 +102,9 @@ def _reference(method, model, layer, x, targets, rt, *, zero_ablation):
 
 
 def _slow(method: str, model_name: str, layer: str) -> bool:
-    """Score-CAM and Ablation-CAM on ResNet-18's 256- and 512-channel layers: 6-18 s each on 2 busy cores."""
-    return method in ("scorecam", "ablationcam") and model_name == "resnet18" and layer != "layer2"
+    """Score-CAM and Ablation-CAM on 256- and 512-channel layers: 6-18 s each on 2 busy cores."""
+    return method in ("scorecam", "ablationcam") and (
+        (model_name == "resnet18" and layer != "layer2") or (model_name, layer) == ("squeezenet1_1", "features.12"))
 
 
 @pytest.mark.parametrize(("method", "model_name", "layer", "size", "post_relu"), [
@@ -113,7 +120,7 @@ def test_equals_pytorch_grad_cam(method, model_name, layer, size, post_relu, mon
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 3, size, size, generator=g)
     targets = torch.tensor([1, 4])
-    if method in ("scorecam", "ablationcam") and model_name in ("resnet18", "mobilenet_v3_small"):
+    if method in ("scorecam", "ablationcam") and model_name in ("resnet18", "mobilenet_v3_small", "squeezenet1_1"):
         x, targets = x[:1], targets[:1]  # K forwards per image: one image keeps the test short
     module = dict(model.named_modules())[layer]
     kwargs = {"batch_size": 48} if method in ("scorecam", "ablationcam") else {}

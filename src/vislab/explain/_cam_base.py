@@ -12,7 +12,9 @@ layer's activations ``A[B, K, h, w]`` (and, for gradient methods, ``dy_c/dA``) b
 4. ``ReLU`` and the same min-max scaling again.
 
 A layer that is called more than once in one forward pass contributes its first call (activation and
-gradient of the same call), as in pytorch-grad-cam.
+gradient of the same call), as in pytorch-grad-cam. When the network modifies the layer's output in place
+(torchvision's ``ReLU(inplace=True)`` after a conv), the activations are the modified values and the gradient
+is the one of the layer's own output, again as pytorch-grad-cam's hooks see them.
 """
 
 from __future__ import annotations
@@ -162,12 +164,24 @@ class BaseCAM:
                     ) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
         """One forward (and, for gradient methods, backward) pass: ``(acts, grads, logits, targets)``,
         ``acts``/``grads`` ``Tensor[B, K, h, w]`` after ``reshape_transform``."""
-        outs: list[Tensor] = []
+        outs: list[Tensor] = []  # the layer's output (first call): what the gradient is taken with respect to
+        acts: list[Tensor] = []  # what the rest of the network got from it, read after the forward pass
 
-        def hook(_m: nn.Module, _inp: object, out: Tensor) -> None:
+        def hook(_m: nn.Module, _inp: object, out: Tensor) -> Tensor | None:
             if not isinstance(out, Tensor):
                 raise ValueError(f"layer {self.layer_name!r} returns {type(out).__name__}, not a Tensor")
+            if outs:
+                return None
             outs.append(out)
+            if not self.uses_gradients:
+                acts.append(out)
+                return None
+            # the network continues on a copy: an in-place op after the layer (torchvision's ReLU(inplace=True))
+            # then changes the copy, so the gradient is the one of the layer's own output and the activations
+            # are what the network used, as pytorch-grad-cam's hooks read them
+            copy = out.clone()
+            acts.append(copy)
+            return copy
 
         handle = self.layer.register_forward_hook(hook)
         was_training = self.model.training
@@ -177,13 +191,14 @@ class BaseCAM:
             if self.uses_gradients and grad is None and outs:
                 # the layer's output needs no gradient when every parameter before it is frozen: track the input
                 outs.clear()
+                acts.clear()
                 logits, t, grad = self._forward(images, targets, outs, input_grad=True)
         finally:
             handle.remove()
             self.model.train(was_training)
         if not outs or (self.uses_gradients and grad is None):
             raise ValueError(f"layer {self.layer_name!r} was not used in the forward pass")
-        a = self._reshape(outs[0].detach()).float()  # (B, K, h, w): the first call's output
+        a = self._reshape(acts[0].detach()).float()  # (B, K, h, w): the first call's output
         g = self._reshape(grad).float() if self.uses_gradients else None  # (B, K, h, w)
         return a, g, logits.detach(), t
 

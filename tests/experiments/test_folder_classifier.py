@@ -5,7 +5,8 @@ import pytest
 from helpers import photo_folder, run_cli
 from vislab.protocol.runner import RunOptions, run_experiment
 
-TINY = {"epochs": 2, "per_class": 6, "image_size": 32, "batch_size": 8, "cam_images": 4}
+TINY = {"epochs": 2, "per_class": 6, "image_size": 32, "batch_size": 8, "cam_images": 4, "explain_images": 2,
+        "explain_methods": ("gradcam", "layercam", "random")}
 
 
 def test_end_to_end_embedded_small(tmp_path):
@@ -25,10 +26,7 @@ def test_end_to_end_embedded_small(tmp_path):
     assert set(run["time"]) == {"fit_s", "epoch_s_mean", "step_ms_mean"}
     assert 0.0 <= run["test"]["accuracy"]["mean"] <= 1.0 and len(run["test"]["accuracy"]["per_seed"]) == 1
     assert run["params"] > 0 and run["checkpoints"] == ["checkpoints/small_cnn/best.ckpt"]
-    # the claim needs the pretrained row, which this run does not have: not shown, and it says why
-    (claim,) = saved["claims"]
-    assert (claim["a"], claim["b"], claim["verdict"]) == ("pretrained", "small_cnn", "not shown")
-    assert "pretrained has no test accuracy" in claim["note"]
+    assert saved["claims"] == []  # the claim needs the pretrained row, which this run did not train
     # the Grad-CAM layer is chosen on the validation split (or the default when nothing can be scored)
     choice = run["cam_layer_choice"]
     if choice["how"] == "best validation pointing game":
@@ -37,6 +35,18 @@ def test_end_to_end_embedded_small(tmp_path):
     else:
         assert choice["how"].startswith("default") and run["cam_layer"] == "features.8"  # the last conv
     assert "validation pointing game per candidate" in (out / "report.md").read_text()
+    # every CAM method on the same 2 test images of the Grad-CAM figure: one row per method, intervals over images
+    ex = saved["explanations"]["small_cnn"]
+    assert list(ex["methods"]) == ["gradcam", "layercam", "random"] and len(ex["test_images"]) == 2
+    assert set(ex["test_images"]) <= set(range(5)) and ex["layer"] == run["cam_layer"] and ex["seconds"] > 0
+    for m, row in ex["methods"].items():
+        assert len(row["deletion_auc"]["per_image"]) == 2 and len(row["pointing_game"]["per_image"]) == 2, m
+        assert row["deletion_auc"]["ci95"][0] <= row["deletion_auc"]["mean"] <= row["deletion_auc"]["ci95"][1]
+        assert set(row["pointing_game"]["per_image"]) <= {0.0, 1.0} and row["ms_per_image"] > 0
+        assert 0.0 <= row["sanity_passed"] <= 1.0
+    report = (out / "report.md").read_text()
+    assert "## Explanation methods compared" in report and "| `layercam` |" in report
+    assert (out / "figures" / "explain_methods_small_cnn.png").exists()
     assert summary["runs"]["small_cnn"]["test"] == run["test"]
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3 and "<img src=\"figures" not in html
@@ -52,7 +62,8 @@ def test_two_seeds_both_variants_claim_and_report(tmp_path):
     and the report's claims table."""
     out = tmp_path / "run"
     summary = run_experiment(RunOptions(name="folder-classifier", out=str(out), seeds=2,
-                                        overrides={**TINY, "epochs": 1, "pretrained_epochs": 1, "cam_images": 2}))
+                                        overrides={**TINY, "epochs": 1, "pretrained_epochs": 1, "cam_images": 2,
+                                                   "explain_images": 1, "explain_methods": ("gradcam", "random")}))
     assert summary["seeds"] == [0, 1] and list(summary["runs"]) == ["small_cnn", "pretrained"]
     for v, r in summary["runs"].items():
         assert len(r["test"]["accuracy"]["per_seed"]) == 2 and len(r["train"]["loss"]["per_seed"]) == 2
@@ -64,13 +75,16 @@ def test_two_seeds_both_variants_claim_and_report(tmp_path):
     report = (out / "report.md").read_text()
     assert "## Claims checked" in report and "pretrained beats small_cnn on accuracy" in report
     assert (out / "figures" / "gradcam_pretrained.png").exists()
+    assert (out / "figures" / "explain_methods_pretrained.png").exists()  # the first seed's models only
+    assert set(summary["explanations"]) == {"small_cnn", "pretrained"}
     assert (out / "figures" / "confusion_small_cnn.png").exists()
 
 
 def test_one_seed_claim_is_a_bootstrap_over_test_images(tmp_path):
     """One seed: the per-image correctness of both variants gives a paired bootstrap interval."""
     summary = run_experiment(RunOptions(name="folder-classifier", out=str(tmp_path / "run"),
-                                        overrides={**TINY, "epochs": 1, "pretrained_epochs": 1, "cam_images": 1}))
+                                        overrides={**TINY, "epochs": 1, "pretrained_epochs": 1, "cam_images": 1,
+                                                   "explain_images": 0}))
     (claim,) = summary["claims"]
     assert "paired bootstrap over 5 test items" in claim["note"]
     acc = {v: summary["runs"][v]["test"]["accuracy"]["mean"] for v in ("pretrained", "small_cnn")}
@@ -88,7 +102,9 @@ def test_single_field_constraints_are_declared():
                        ({"pretrained_lr": 0.0}, "pretrained_lr must be > 0"),
                        ({"pretrained_epochs": 0}, "pretrained_epochs must be >= 1"),
                        ({"cam_images": 0}, "cam_images must be >= 1"),
-                       ({"small_lr": float("inf")}, "small_lr must be a finite number")):
+                       ({"small_lr": float("inf")}, "small_lr must be a finite number"),
+                       ({"explain_methods": ("gradcam", "magiccam")}, "invalid value for explain_methods: 'magiccam'"),
+                       ({"explain_images": -1}, "explain_images must be >= 0")):
         with pytest.raises(UserError, match=match):
             check_constraints(FolderClassifierConfig(**bad))
     check_constraints(FolderClassifierConfig(pretrained_epochs=None, small_lr=None))
@@ -97,7 +113,7 @@ def test_single_field_constraints_are_declared():
 def test_existing_run_is_not_overwritten(tmp_path):
     out = tmp_path / "run"
     run_experiment(RunOptions(name="folder-classifier", out=str(out),
-                              overrides={**TINY, "epochs": 1, "variants": ("small_cnn",)}))
+                              overrides={**TINY, "epochs": 1, "variants": ("small_cnn",), "explain_images": 0}))
     from vislab.errors import UserError
 
     with pytest.raises(UserError, match="already holds a run; pass --resume"):
@@ -109,7 +125,7 @@ def test_resume_after_kill(tmp_path):
     out = tmp_path / "run"
     args = ["run", "folder-classifier", "--out", str(out), "--set", "epochs=4", "--set", "patience=10",
             "--set", "per_class=6", "--set", "image_size=32", "--set", "batch_size=8", "--set", "variants=small_cnn",
-            "--set", "cam_images=2"]
+            "--set", "cam_images=2", "--set", "explain_images=0"]
     killed = run_cli(*args, env={"VISLAB_KILL_AFTER_EPOCHS": "2"})
     assert killed.returncode == 75, killed.stderr
     assert (out / "checkpoints/small_cnn/last.ckpt").exists()
@@ -135,10 +151,10 @@ def test_ddp_two_cpu_processes(tmp_path):
     out = tmp_path / "run"
     res = run_cli("run", "folder-classifier", "--out", str(out), "--devices", "2", "--accelerator", "cpu",
                   "--set", "epochs=2", "--set", "per_class=6", "--set", "image_size=32", "--set", "batch_size=4",
-                  "--set", "variants=small_cnn", "--set", "cam_images=2")
+                  "--set", "variants=small_cnn", "--set", "cam_images=2", "--set", "explain_images=0")
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["runs"]["small_cnn"]["epochs"] == 2
+    assert summary["runs"]["small_cnn"]["epochs"] == 2 and "explanations" not in summary
     lines = (out / "metrics.csv").read_text().strip().splitlines()
     assert len(lines) == 1 + 2  # rank 0 alone writes the rows
 
@@ -150,7 +166,8 @@ def test_real_photo_folder_with_corrupt_and_stray_files(tmp_path):
     (root / "coffee" / "README.txt").write_text("a stray file")
     out = tmp_path / "run"
     res = run_cli("run", "folder-classifier", "--data", str(root), "--out", str(out), "--set", "epochs=6",
-                  "--set", "image_size=64", "--set", "batch_size=8", "--set", "cam_images=3")
+                  "--set", "image_size=64", "--set", "batch_size=8", "--set", "cam_images=3",
+                  "--set", "explain_images=1", "--set", "explain_methods=gradcam,random")
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data"]["skipped"][0][0] == "cat/broken.jpg"
@@ -162,7 +179,7 @@ def test_real_photo_folder_with_corrupt_and_stray_files(tmp_path):
 def test_gradcam_cli_from_checkpoint(tmp_path):
     out = tmp_path / "run"
     run_experiment(RunOptions(name="folder-classifier", out=str(out),
-                              overrides={**TINY, "epochs": 1, "variants": ("small_cnn",)}))
+                              overrides={**TINY, "epochs": 1, "variants": ("small_cnn",), "explain_images": 0}))
     root = photo_folder(tmp_path / "photos", per_class=1)
     imgs = [str(p) for p in sorted(root.rglob("*.jpg"))]
     res = run_cli("gradcam", "--checkpoint", str(out / "checkpoints/small_cnn/best.ckpt"), *imgs,

@@ -7,6 +7,7 @@ Data: ``--data DIR`` (one subfolder per class) or, by default, the generated fiv
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,14 +34,20 @@ from vislab.engine.fit import eval_loader, fit_stage, seed_everything, train_loa
 from vislab.engine.module import ClassificationModule, predict
 from vislab.errors import UserError
 from vislab.experiments.base import Experiment
+from vislab.explain.cams import CAM_METHODS
 from vislab.explain.gradcam import GradCAM, overlay, pointing_game
 from vislab.metrics.classification import classification_report
+from vislab.protocol import stats
 from vislab.protocol.claims import Claim
-from vislab.protocol.results import VariantResult
+from vislab.protocol.report import sig
+from vislab.protocol.results import VariantResult, format_interval
 from vislab.report import figures
+from vislab.report.blocks import metric_label
 from vislab.report.document import Report
 
 VARIANTS = ("small_cnn", "pretrained")
+METHODS = tuple(CAM_METHODS)  # gradcam, gradcam++, hirescam, xgradcam, layercam, eigencam, scorecam, ...
+_CHEAP = ("gradcam", "gradcam++", "layercam", "eigencam", "random")  # scorecam/ablationcam: a forward per channel
 _SPLIT_METRICS = ("loss", "accuracy", "precision", "recall", "f1")
 
 
@@ -65,6 +72,8 @@ class FolderClassifierConfig(CommonConfig):
     cam_candidates_pretrained: tuple[str, ...] = ("features.blocks.3", "features.blocks.4", "features.blocks.5",
                                                   "features.conv_head")  # EfficientNet-Lite0 stages
     cam_images: int = param(12, ge=1)  # test images shown with Grad-CAM overlays
+    explain_images: int = param(4, ge=0)  # the first N of those explained by every method, measured (0 = off)
+    explain_methods: tuple[str, ...] = param(_CHEAP, choices=METHODS)  # CAM methods of the method × measure table
     per_class: int = param(300, ge=1)  # embedded data: generated images per class
     augment: bool = True  # SPEC §1 augmentations on the training split
 
@@ -105,9 +114,11 @@ class FolderClassifier(Experiment):
         # The small CNN needs data and steps, not a different model: at 64 px with 150 images per class it
         # stayed at 36% after 12 epochs (average-pooled), 75% max-pooled; 300 per class, max-pooled, SPEC
         # augmentation: 79% validation after 8 epochs and rising (measured on a loaded 2-core machine).
+        # No method × measure table in the demo: ~75 s per method for 2 images at 64 px (EfficientNet, load ~15).
         if quick:
-            return {"epochs": 2, "pretrained_epochs": 1, "per_class": 30, "image_size": 48, "cam_images": 6}
-        return {"epochs": 12, "pretrained_epochs": 3, "image_size": 64}
+            return {"epochs": 2, "pretrained_epochs": 1, "per_class": 30, "image_size": 48, "cam_images": 6,
+                    "explain_images": 0}
+        return {"epochs": 12, "pretrained_epochs": 3, "image_size": 64, "explain_images": 0}
 
     # ------------------------------------------------------------------------------------------
     def load_data(self, ctx: RunContext) -> _Data:
@@ -230,6 +241,23 @@ class FolderClassifier(Experiment):
         return best, {"how": "best validation pointing game", "validation": {k: v[0] for k, v in scores.items()},
                       "validation_n": {k: v[1] for k, v in scores.items()}}
 
+    def summary_extra(self, ctx: RunContext, data: _Data, result: Any) -> dict[str, Any]:
+        """``{"explanations": {variant: {"layer", "test_images", "seconds", "methods": {method: {measure: {"mean",
+        "ci95", "per_image"}}}}}}``: every CAM method on a few test images (the first seed's models)."""
+        cfg: FolderClassifierConfig = ctx.cfg
+        if not cfg.explain_images or not cfg.explain_methods:
+            return {}
+        out = {}
+        for v, r in result.variants[result.seeds[0]].items():
+            t0 = time.perf_counter()
+            table, idx = _explain(cfg, r, data)
+            seconds = time.perf_counter() - t0
+            r.state["explain"] = (table, idx)
+            out[v] = {"layer": table["layer"], "test_images": idx, "seconds": seconds,
+                      "methods": {m: _measures(row) for m, row in table["methods"].items()}}
+            ctx.log(f"[{v}] {len(table['methods'])} explanation methods on {len(idx)} test images: {seconds:.1f} s")
+        return {"explanations": out}
+
     def load_model(self, checkpoint: Any) -> torch.nn.Module:
         from vislab.explain.cli import load_classifier
 
@@ -303,6 +331,73 @@ class FolderClassifier(Experiment):
             path = figures.image_grid(imgs, ctx.run.figure(f"gradcam_{v}.png"), titles=titles, title_colors=colors,
                                       title=f"{v} — layer {runs[v]['cam_layer']}")
             rep.figure(path, f"{v}: Grad-CAM at layer `{runs[v]['cam_layer']}`.")
+        self._explanations_section(ctx, rep, result, data)
+
+    def _explanations_section(self, ctx: RunContext, rep: Report, result: Any, data: _Data) -> None:
+        from vislab.explain.evaluate import BETTER, MEASURES, methods_figure
+
+        ex, first = result.summary.get("explanations") or {}, result.variants[result.seeds[0]]
+        if not ex:
+            return
+        rep.heading("Explanation methods compared")
+        rep.text("Every CAM method explains the predicted class of the same test images at the same layer. Pointing "
+                 "game: the map's peak lies in the object's box; deletion / insertion AUC: the class probability as "
+                 "the most salient pixels are blurred away / revealed first; ROAD: (LeRF − MoRF) / 2 of the logit "
+                 "with noisy linear imputation; sanity: Spearman correlation with the map of the network whose "
+                 "layers above the explained one are re-initialised (a map that ignores the weights stays near 1; "
+                 "passed: below 0.5); `random` is the baseline every method should beat. Mean ± half-width of the "
+                 "95 % t-interval over the images (few images: wide intervals).")
+        for v, e in ex.items():
+            measures = [k for k in MEASURES if any(m.get(k) is not None for m in e["methods"].values())]
+            rows = [[f"`{m}`", *[sig(row[k]) if k == "ms_per_image" else format_interval(row[k]) if row[k] else "—"
+                                 for k in measures],
+                     "—" if row["sanity_passed"] is None else f"{row['sanity_passed']:.0%}"]
+                    for m, row in e["methods"].items()]
+            rep.table(["method", *[f"{metric_label(k)} ({BETTER[k]})" for k in measures], "sanity passed"], rows,
+                      caption=f"{v}, layer `{e['layer']}`, {len(e['test_images'])} test images (seed "
+                              f"{result.seeds[0]}); the table took {sig(e['seconds'])} s on this run's machine.")
+            table, idx = first[v].state.get("explain", (None, None))
+            if table is None:
+                continue
+            cv = first[v].state["cams"]
+            pos = [cv["index"].index(i) for i in idx]
+            imgs = [denormalize(cv["images"][k], cv["mean"], cv["std"]).permute(1, 2, 0).numpy() for k in pos]
+            titles = [f"{data.classes[data.items['test'][i][1]]} (test {i})" for i in idx]
+            path = methods_figure(imgs, table["cams"], ctx.run.figure(f"explain_methods_{v}.png"), row_titles=titles)
+            rep.figure(path, f"{v}: the same test images under every method (true class over each row).")
+
+
+def _explain(cfg: FolderClassifierConfig, r: VariantResult, data: _Data) -> tuple[dict[str, Any], list[int]]:
+    """``explanation_table`` of one trained variant on ``explain_images`` of the Grad-CAM figure's test images
+    (spread over them, so several classes show), with their object boxes when every one has a box."""
+    from vislab.explain.evaluate import explanation_table
+
+    cv = r.state["cams"]
+    n = min(cfg.explain_images, len(cv["index"]))
+    pos = np.unique(np.linspace(0, len(cv["index"]) - 1, n).round().astype(int)).tolist()
+    idx = [cv["index"][k] for k in pos]
+    rels = [data.items["test"][i][0] for i in idx]
+    boxes = None
+    if data.boxes and all(rel in data.boxes for rel in rels):
+        bw, bh = data.boxes.get("_image_size", [cfg.image_size, cfg.image_size])
+        sx, sy = cfg.image_size / bw, cfg.image_size / bh
+        boxes = [[x0 * sx, y0 * sy, x1 * sx, y1 * sy] for x0, y0, x1, y1 in (data.boxes[rel] for rel in rels)]
+    table = explanation_table(r.state["model"], r.extra["cam_layer"], cv["images"][pos], None, boxes,
+                              methods=list(cfg.explain_methods), seed=cfg.seed)
+    return table, idx
+
+
+def _measures(row: dict[str, Any]) -> dict[str, Any]:
+    """One method's row of ``explanation_table``: mean and 95 % t-interval over the images per measure."""
+    out: dict[str, Any] = {"ms_per_image": float(row["ms_per_image"])}
+    for k, v in row.items():
+        if k in ("ms_per_image", "sanity_passed"):
+            continue
+        s = None if v is None else stats.summarize([float(x) for x in v])
+        out[k] = None if s is None else {"mean": s["mean"], "ci95": s["ci95"], "per_image": s["per_seed"]}
+    passed = row.get("sanity_passed")
+    out["sanity_passed"] = None if passed is None else float(np.mean(passed))
+    return out
 
 
 def _default_cam_layer(variant: str) -> str | None:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -40,12 +39,10 @@ from torch import Tensor
 from vislab.data.pairs import (
     CHANGE_TYPES,
     EMBEDDED_PHOTOS,
-    MIN_SOURCES,
     ChangePairs,
     PairConfig,
     embedded_sources,
     folder_sources,
-    list_image_files,
     make_pairs,
     source_levels,
     split_sources,
@@ -199,16 +196,10 @@ class ChangeDetection(Experiment):
             _pair_config(cfg).check()
         except ValueError as exc:
             raise UserError(str(exc)) from None
-        if data is not None:
-            path = Path(data)
-            if not path.exists():
-                raise UserError(f"--data folder {path} does not exist")
-            if not path.is_dir():
-                raise UserError(f"--data {path} is not a folder (expected a folder of images)")
-            n = len(list_image_files(path))
-            if n < MIN_SOURCES:
-                raise UserError(f"--data {path} holds {n} image file(s); change detection needs at least "
-                                f"{MIN_SOURCES} (disjoint source images for train, val and test)")
+        if data is not None:  # exists, is a folder, enough images decode: before the run folder exists
+            from vislab.data.pairs import scan_folder_sources
+
+            scan_folder_sources(data)
 
     def load_data(self, ctx: RunContext) -> _Data:
         cfg: ChangeDetectionConfig = ctx.cfg

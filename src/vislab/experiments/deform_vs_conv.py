@@ -126,6 +126,9 @@ class DeformVsConv(Experiment):
                 if not ann.exists():
                     raise UserError(f"--data coco: {ann} not found; expected annotations/instances_{{train,val}}2017"
                                     ".json under --root")
+            from vislab.data.coco_multilabel import scan_coco_multilabel
+
+            scan_coco_multilabel(root)  # parse, categories, boxes, image files: before the run folder exists
         else:
             raise UserError(f"unknown --data {data!r} for deform-vs-conv; expected 'digits' (default) or 'coco'")
 

@@ -138,6 +138,10 @@ class Transfer(Experiment):
                 raise UserError("--data cifar10-binary needs --root DIR (the folder that holds cifar-10-batches-py/, "
                                 "or where --download puts it)")
             _classes(cfg)
+            if not download:  # the batches' content, before the run folder exists (with --download: after it)
+                from vislab.data.cifar import scan_cifar10
+
+                scan_cifar10(root)
         from vislab.models.backbones import check_backbone
 
         check_backbone(cfg.backbone, pretrained=True, weights=cfg.weights)

@@ -418,7 +418,7 @@ def _set_checkpoint_cam_layer(path: str | Path, layer: str | None) -> None:
     """Record the chosen Grad-CAM layer in a checkpoint's metadata (atomically), for `vislab gradcam`."""
     import io
 
-    from vislab.engine.run_dir import atomic_write_bytes
+    from vislab.io.files import atomic_write_bytes
 
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if ckpt.get("vislab", {}).get("cam_layer") == layer:

@@ -119,7 +119,7 @@ def load_detector_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any
     randomly initialised backbone, then every weight is loaded from the checkpoint. A missing, unreadable or
     foreign file is one :class:`vislab.errors.UserError` line.
     """
-    from vislab.engine.checkpoint import model_state, read_checkpoint  # a leaf module: torch + vislab.errors
+    from vislab.io.checkpoint import model_state, read_checkpoint
 
     ckpt, meta = read_checkpoint(path, "detection", what="the detection experiment")
     model, _ = build_detector(meta["variant"], backbone=meta["backbone"], num_classes=int(meta["num_classes"]),

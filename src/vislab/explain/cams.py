@@ -167,9 +167,9 @@ class AblationCAM(_MaskedForwards):
     Args:
         batch_size: ablated forward passes per batch (pairs of image and channel are batched together).
 
-    The layer's output of the first pass is cached and, with channel ``k`` zeroed, replaces the layer's
-    output in the ablated passes (the layers before it still run, as in pytorch-grad-cam). Channel ``k`` is
-    dimension 1 of a ``Tensor[B, K, h, w]`` output and the last dimension of a token output
+    The layer's output of the first pass is cached and, with channel ``k`` zeroed, replaces the layer in the
+    ablated passes (the layer itself is not run; the layers before it still are, as in pytorch-grad-cam).
+    Channel ``k`` is dimension 1 of a ``Tensor[B, K, h, w]`` output and the last dimension of a token output
     ``Tensor[B, T, D]`` (with ``reshape_transform``). The weights are differences of nearly equal scores,
     so they carry the float32 rounding of the scores, amplified by ``1 / (y_c - y_c^k)``.
     """
@@ -185,9 +185,10 @@ class AblationCAM(_MaskedForwards):
                              f"activations have {K}; Ablation-CAM ablates the layer's own channels")
         rows: list[Tensor] = []
 
-        def ablate(_m: nn.Module, _inp: object, out: Tensor) -> Tensor:
-            # the cached activation of each row's image (as pytorch-grad-cam's ablation layer, so the
-            # ablated scores differ from the original ones only by the ablated channel), channel k zeroed
+        def ablated_output(*_args: object, **_kwargs: object) -> Tensor:
+            # the cached activation of each row's image with channel k zeroed stands in for the layer, which is
+            # not run (as pytorch-grad-cam's ablation layer replaces it), so the ablated scores differ from the
+            # original ones only by the ablated channel
             b, k = rows
             new = raw[b].clone()  # (n, K, h, w) or (n, T, D)
             n = torch.arange(new.shape[0], device=new.device)
@@ -198,15 +199,18 @@ class AblationCAM(_MaskedForwards):
             return new
 
         ablated = torch.empty(B * K, device=images.device)
-        handle = self.layer.register_forward_hook(ablate)
+        own = self.layer.__dict__.get("forward")
+        self.layer.forward = ablated_output  # this instance only; the class's forward comes back below
         try:
-            with torch.no_grad():
-                for start in range(0, B * K, self.batch_size):
-                    idx = torch.arange(start, min(start + self.batch_size, B * K), device=images.device)
-                    rows[:] = [idx // K, idx % K]
-                    ablated[idx] = self._scores(images[idx // K], targets[idx // K])
+            for start in range(0, B * K, self.batch_size):
+                idx = torch.arange(start, min(start + self.batch_size, B * K), device=images.device)
+                rows[:] = [idx // K, idx % K]
+                ablated[idx] = self._scores(images[idx // K], targets[idx // K])
         finally:
-            handle.remove()
+            if own is None:
+                del self.layer.forward
+            else:
+                self.layer.forward = own
         original = self._original_scores  # (B,): the target scores of the unmodified pass
         return (original[:, None] - ablated.view(B, K)) / original[:, None]  # (B, K)
 

@@ -44,7 +44,8 @@ def headline_table(rep: Report, exp: Any, result: RunResult) -> None:
             test = entry.get("test", {})
             t = entry.get("time", {})
             epochs = entry.get("epochs")
-            rows.append([name if group == "runs" else f"{name} (untrained)", entry.get("params") or "—",
+            params = entry.get("params")
+            rows.append([name if group == "runs" else f"{name} (untrained)", "—" if params is None else params,
                          "—" if epochs is None else epochs if isinstance(epochs, int) else "/".join(map(str, epochs)),
                          *[format_interval(test[m]) if isinstance(test.get(m), dict) else "—" for m in metrics],
                          sig(t.get("fit_s")), sig(t.get("step_ms_mean"))])

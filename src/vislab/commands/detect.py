@@ -90,7 +90,7 @@ def detect_command(args: Any) -> int:
     from tqdm import tqdm
 
     from vislab.commands._console import LineWriter
-    from vislab.experiments.detection import load_detector_checkpoint
+    from vislab.models.detection.builder import load_detector_checkpoint
     from vislab.io.files import atomic_write_bytes, atomic_write_text
     from vislab.io.images import open_image
 

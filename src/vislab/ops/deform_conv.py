@@ -780,7 +780,9 @@ def _native_forward(input, offset, mask, weight, bias, geom: _Geometry) -> Tenso
         k.start_chunk(s, e, X_buffer)
         b = e - s
         cols = k.sample(cols_buffer[:b * L * geom.sub_groups * geom.taps])
-        if geom.groups == 1 and out.dtype == k.dtype:  # out[i] = W @ cols[i]^T, written in place
+        # large maps: out[i] = W @ cols[i]^T per image, in place; small maps (L < R): one product of the
+        # chunk's images side by side (per-image products with few columns are slow)
+        if geom.groups == 1 and out.dtype == k.dtype and L >= w.shape[-1]:
             torch.bmm(w[0].expand(b, -1, -1), cols.view(b, L, -1).transpose(1, 2), out=out[s:e].view(b, C_out, L))
         else:
             _weight_product(cols, w, geom, out[s:e])
@@ -819,23 +821,27 @@ def _native_backward(grad_out, input, offset, mask, weight, geom: _Geometry,
             k.start_chunk(s, e, X_buffer)
             cols_or_grad = cols_buffer[:b * L * geom.sub_groups * geom.taps]
             go = grad_out[s:e].to(dtype).reshape(b, C_out, L)
-            if need_weight:  # grad_W[g] += sum_i go[i, g] @ cols[i, :, g]: one batched product, then a sum
+            if need_weight:  # grad_W[g] += sum_i go[i, g] @ cols[i, :, g]
                 cols = k.sample(cols_or_grad).view(b, L, groups, -1)
-                if groups == 1:
-                    grad_w[0] += torch.bmm(go, cols[:, :, 0]).sum(0)
-                else:
+                R = cols.shape[-1]
+                if L >= R:  # large maps: one batched product per image, summed (a temporary of b·C_out·R)
                     per_image = torch.bmm(go.reshape(b * groups, -1, L),
-                                          cols.permute(0, 2, 1, 3).reshape(b * groups, L, -1))
+                                          cols.permute(0, 2, 1, 3).reshape(b * groups, L, R))
                     grad_w += per_image.view(b, groups, *grad_w.shape[1:]).sum(0)
+                else:  # small maps, many channels: the images side by side (a copy of go, b·C_out·L)
+                    go_all = go.view(b, groups, -1, L).permute(1, 2, 0, 3).reshape(groups, -1, b * L)
+                    grad_w.baddbmm_(go_all, cols.view(b * L, groups, R).transpose(0, 1))
             if not (need_input or need_offset or need_mask):
                 continue
             grad_cols = cols_or_grad
-            if groups == 1:  # grad_cols[i] = go[i]^T @ W
+            if groups == 1 and L >= w.shape[-1]:  # large maps: grad_cols[i] = go[i]^T @ W per image
                 torch.bmm(go.transpose(1, 2), w[0].expand(b, -1, -1), out=grad_cols.view(b, L, -1))
-            else:  # per image and group: go[i, g]^T @ W[g], one batched product
-                res = torch.bmm(go.reshape(b * groups, -1, L).transpose(1, 2),
-                                w.unsqueeze(0).expand(b, -1, -1, -1).reshape(b * groups, *w.shape[1:]))
-                grad_cols.view(b, L, groups, -1).copy_(res.view(b, groups, L, -1).transpose(1, 2))
+            elif groups == 1:  # small maps: one product with the images side by side
+                torch.mm(go.permute(0, 2, 1).reshape(b * L, C_out), w[0], out=grad_cols.view(b * L, -1))
+            else:  # group by group: a temporary of 1/groups of the columns
+                go_groups = go.view(b, groups, -1, L)
+                for j, strided in enumerate(grad_cols.view(b, L, groups, -1).unbind(2)):
+                    strided.copy_(torch.bmm(go_groups[:, j].transpose(1, 2), w[j].expand(b, -1, -1)))
             gX = gX_buffers[:len(k.ranges), :b] if need_input else None
             k.sample_backward(grad_cols, gX, None if go_off is None else go_off[s:e],
                               None if go_mask is None else go_mask[s:e])

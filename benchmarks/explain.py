@@ -170,6 +170,10 @@ def main(argv=None) -> None:
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {', '.join(REFERENCE)}")
     torch.set_num_threads(args.threads or (1 if args.clock == "cpu" else 2))
+    if args.clock == "cpu":  # NumPy's BLAS (Eigen-CAM's SVD in both) would otherwise run in threads not counted
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
     tqdm.tqdm = lambda it, *a, **k: it  # pytorch-grad-cam's per-batch progress bars
     info = machine_info(args.device, grad_cam=getattr(pgc, "__version__", "1.5"), clock=args.clock)
     rows = []

@@ -419,18 +419,6 @@ class VitExperiment(Experiment):
         ctx.log(f"explanations: {len(tables)} models on {len(idx)} test images in {seconds:.1f} s")
         return {"explanations": {"images": idx, "seconds": round(seconds, 2), **explanation_summary(tables)}}
 
-    def load_model(self, checkpoint: Any) -> nn.Module:
-        from vislab.engine.checkpoint import model_state, read_checkpoint
-        from vislab.models import create_model
-        from vislab.models.vit import VisionTransformer, vit_b_16
-
-        ckpt, meta = read_checkpoint(checkpoint, "classification", what="a vit run")
-        name, kw = meta["model"]["name"], meta["model"]["kwargs"]
-        model = (VisionTransformer(**kw) if name == "VisionTransformer" else create_model("small_cnn", **kw)
-                 if name == "small_cnn" else ResizedInput(vit_b_16(**kw), kw["image_size"]))
-        model.load_state_dict(model_state(ckpt))
-        return model.eval()
-
 
 @torch.no_grad()
 def _attention(model: nn.Module, x: Tensor, cfg: VitConfig, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:

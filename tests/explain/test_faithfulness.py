@@ -217,3 +217,14 @@ def test_cascade_stages_order_and_groups():
     assert len(groups) == 2 and [n for g in groups for n in g] == names
     with pytest.raises(ValueError, match="no module named 'nope'"):
         cascade_stages(model, "nope")
+
+
+def test_road_batches_across_percentiles_without_changing_the_result():
+    model = create_model("small_cnn", num_classes=3).eval()
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    maps = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(5))
+    a = road(model, x, maps, percentiles=[20, 50, 80], generator=torch.Generator().manual_seed(0), batch_size=2)
+    b = road(model, x, maps, percentiles=[20, 50, 80], generator=torch.Generator().manual_seed(0), batch_size=64)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    c = road(model, x, maps, percentiles=[20, 50, 80], generator=torch.Generator().manual_seed(1), batch_size=64)
+    assert not torch.allclose(a, c)  # the generator's noise is used

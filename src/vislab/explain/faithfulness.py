@@ -266,18 +266,33 @@ def noisy_linear_impute(image: Tensor, keep: Tensor, *, noise: float = 0.01,
 def _road_scores(model: nn.Module, images: Tensor, maps: np.ndarray, t: Tensor, base: Tensor, *,
                  most_relevant_first: bool, percentiles: Sequence[float], noise: float,
                  generator: torch.Generator | None, batch_size: int) -> Tensor:
-    """Mean over the percentiles of ``logit_target(imputed) - logit_target(image)``: ``Tensor[B]``."""
-    out = []
+    """Mean over the percentiles of ``logit_target(imputed) - logit_target(image)``: ``Tensor[B]``.
+
+    The imputations run percentile by percentile, image by image (the order in which pytorch-grad-cam draws the
+    noise); the imputed images go through the model ``batch_size`` at a time, across percentiles."""
+    B = images.shape[0]
+    after = torch.empty(len(percentiles) * B, device=images.device)
+    pending: list[Tensor] = []
+    done = 0
+
+    def flush() -> None:
+        nonlocal done
+        x = torch.stack(pending).to(images.device, images.dtype)  # (n, C, H, W)
+        rows = torch.arange(done, done + len(pending), device=images.device)
+        after[rows] = _logits(model, x, batch_size).gather(1, t[rows % B][:, None])[:, 0].float()
+        done += len(pending)
+        pending.clear()
+
     for p in percentiles:
-        imputed = []
-        for i in range(images.shape[0]):  # image by image: the noise is drawn in pytorch-grad-cam's order
+        for i in range(B):
             m = torch.from_numpy(maps[i] if most_relevant_first else 1 - maps[i])
             keep = m < np.percentile(m.numpy(), p)  # MoRF: removes the map's top; LeRF: its bottom
-            imputed.append(noisy_linear_impute(images[i].cpu(), keep, noise=noise, generator=generator))
-        x = torch.stack(imputed).to(images.device, images.dtype)
-        after = _logits(model, x, batch_size).gather(1, t[:, None])[:, 0].float()
-        out.append(after - base)
-    return torch.stack(out).mean(0)
+            pending.append(noisy_linear_impute(images[i].cpu(), keep, noise=noise, generator=generator))
+            if len(pending) == batch_size:
+                flush()
+    if pending:
+        flush()
+    return (after.view(len(percentiles), B) - base).mean(0)
 
 
 def road(model: nn.Module, images: Tensor, saliency: Tensor | np.ndarray, targets: Tensor | Sequence[int] | None = None,

@@ -196,8 +196,17 @@ def test_both_transposed_sampling_matrices_match_torchvision(monkeypatch, case, 
     _assert_rel_close(actual[1], expected[1], 1e-5, f"{case}/{transpose}/input")
 
 
+@pytest.fixture(params=[1, 3], ids=["1-thread", "3-threads"])
+def threads(request):
+    """torch's intra-op threads (the suite runs with 1); the C++ kernels run that many workers."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("impl", list(IMPLEMENTATIONS))
-def test_several_batch_chunks_equal_one(monkeypatch, impl):
+def test_several_batch_chunks_equal_one(monkeypatch, impl, threads):
     (x, offset, weight, bias, mask), kw = _case("groups-2")  # 6×6 maps
     x, offset, mask = (t.repeat(3, 1, 1, 1) for t in (x, offset, mask))  # B = 6
     whole = _forward_backward(IMPLEMENTATIONS[impl], x, offset, weight, bias, mask, **kw)

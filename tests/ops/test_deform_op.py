@@ -84,14 +84,18 @@ CASES = {
 }
 
 
-@pytest.fixture(params=["cpp", "pytorch"])
+@pytest.fixture(params=["cpp", "cpp-3-threads", "pytorch"])
 def cpu_kernel(request, monkeypatch):
-    """Run a test with the C++ kernel (where it builds) and with the PyTorch fallback."""
+    """Run a test with the C++ kernel (where it builds; with 1 and with 3 worker threads, the suite
+    runs torch with 1) and with the PyTorch fallback."""
     if request.param == "pytorch":
         monkeypatch.setattr(dc._deform_cpp, "library", lambda: None)
     elif dc._deform_cpp.library() is None:
         pytest.skip(f"the C++ kernel is not available: {dc._deform_cpp.reason()}")
-    return request.param
+    before = torch.get_num_threads()
+    torch.set_num_threads(3 if request.param == "cpp-3-threads" else before)
+    yield request.param
+    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("device", DEVICES)

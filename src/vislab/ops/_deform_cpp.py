@@ -10,10 +10,10 @@ None, and the caller uses the PyTorch implementation. ``VISLAB_DEFORM_KERNEL=pyt
 kernel without a notice (an explicit choice); ``VISLAB_DEFORM_KERNEL=cpp`` makes a failed build an
 error instead of a notice.
 
-The kernels have no threads of their own: :func:`run_rows` splits the rows into
-``torch.get_num_threads()`` ranges and runs them on a thread pool (ctypes releases the GIL during
-the call). Waiting threads block instead of spinning, so a busy core delays one range rather than
-every synchronisation point of an OpenMP team.
+The kernels have no threads of their own: :func:`run_rows` runs ``torch.get_num_threads()``
+workers on a thread pool (ctypes releases the GIL during the call) that pull small ranges of rows
+from a shared counter. Waiting threads block instead of spinning, and a worker whose core is busy
+elsewhere simply takes fewer ranges.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import torch
 
 SOURCE = Path(__file__).parent / "csrc" / "deform_conv_cpu.cpp"
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=c++17"]
-_ABI_VERSION = 2
+_ABI_VERSION = 3
 
 _lock = threading.Lock()
 _state: dict = {"tried": False, "lib": None, "reason": None}
@@ -160,3 +160,26 @@ def run(tasks: list) -> None:
     finally:
         for f in futures:
             f.result()
+
+
+def run_rows(work, rows: int, prepare=None, pieces_per_worker: int = 4) -> None:  # noqa: ANN001
+    """``work(worker, start, end)`` over ``[0, rows)``, by ``len(row_ranges(rows))`` workers that pull
+    small ranges from a shared counter (dynamic scheduling: a worker whose core is busy elsewhere
+    takes fewer pieces, the others more). ``prepare(worker)`` runs first in each worker."""
+    workers = len(row_ranges(rows))
+    pieces = max(1, min(rows, workers * pieces_per_worker))
+    bounds = [rows * i // pieces for i in range(pieces + 1)]
+    counter = iter(range(pieces))
+    lock = threading.Lock()
+
+    def worker(w: int) -> None:
+        if prepare is not None:
+            prepare(w)
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            work(w, bounds[i], bounds[i + 1])
+
+    run([lambda w=w: worker(w) for w in range(workers)])

@@ -41,6 +41,7 @@ Wrong sizes raise :class:`DeformConvValueError`, a ``ValueError`` that is also a
 
 from __future__ import annotations
 
+import ctypes
 import math
 import warnings
 from dataclasses import dataclass
@@ -723,36 +724,40 @@ class _Kernels:
         self.b, self.s = b, s
         self.X = X_buffer[:b]
         self.geo = _kernel_geometry(geom, b)
-        self.ranges = _deform_cpp.row_ranges(b * geom.out_h)  # over (image, output row)
-        self.map_ranges = _deform_cpp.row_ranges(b * geom.sub_groups * geom.height)  # over (image, G', input row)
+        self.ranges = _deform_cpp.row_ranges(b * geom.out_h)  # one per worker of the row passes
         x = self.input[s:e]
         strides = torch.tensor(x.stride(), dtype=torch.int64)
         args = (x.data_ptr(), strides.data_ptr(), self.X.data_ptr(), self.geo.data_ptr())
-        _deform_cpp.run([lambda a=a, z=z: self.pad(*args, a, z) for a, z in self.map_ranges])
+        _deform_cpp.run_rows(lambda w, a, z: self.pad(*args, a, z), b * geom.sub_groups * geom.height)
         self.off_ptr = self.offset[s:e].data_ptr()
         self.mask_ptr = None if self.mask is None else self.mask[s:e].data_ptr()
 
     def sample(self, cols: Tensor) -> Tensor:
         args = (self.X.data_ptr(), self.off_ptr, self.mask_ptr, cols.data_ptr(), self.geo.data_ptr())
-        _deform_cpp.run([lambda a=a, z=z: self.im2col(*args, a, z) for a, z in self.ranges])
+        _deform_cpp.run_rows(lambda w, a, z: self.im2col(*args, a, z), self.b * self.geom.out_h)
         return cols
 
     def sample_backward(self, grad_cols: Tensor, gX: Tensor | None, grad_offset: Tensor | None,
                         grad_mask: Tensor | None) -> None:
-        """Input gradient into ``gX[t]`` (one padded buffer per range, zeroed by the kernel), offset and
-        mask gradients of the chunk (contiguous, compute dtype) straight into place."""
-        tasks = []
-        for t, (a, z) in enumerate(self.ranges):
-            args = (self.X.data_ptr(), self.off_ptr, self.mask_ptr, grad_cols.data_ptr(),
-                    None if gX is None else gX[t].data_ptr(), _ptr(grad_offset), _ptr(grad_mask), self.geo.data_ptr())
-            tasks.append(lambda args=args, a=a, z=z: self.col2im(*args, a, z))
-        _deform_cpp.run(tasks)
+        """Input gradient into ``gX[w]`` (one padded buffer per worker, zeroed first), offset and mask
+        gradients of the chunk (contiguous, compute dtype) straight into place."""
+        args = (self.X.data_ptr(), self.off_ptr, self.mask_ptr, grad_cols.data_ptr())
+        tail = (_ptr(grad_offset), _ptr(grad_mask), self.geo.data_ptr())
+
+        def zero(w: int) -> None:
+            if gX is not None:
+                ctypes.memset(gX[w].data_ptr(), 0, gX[w].numel() * gX.element_size())
+
+        def work(w: int, a: int, z: int) -> None:
+            self.col2im(*args, None if gX is None else gX[w].data_ptr(), *tail, a, z)
+
+        _deform_cpp.run_rows(work, self.b * self.geom.out_h, prepare=zero)
 
     def unpad_sum(self, gX: Tensor, grad_input: Tensor) -> None:
-        """``grad_input`` (contiguous ``[b, C, H, W]``) = the sum of the padded buffers' interiors."""
-        args = (gX.data_ptr(), len(self.ranges), gX[0].numel() if len(self.ranges) > 1 else 0,
-                grad_input.data_ptr(), self.geo.data_ptr())
-        _deform_cpp.run([lambda a=a, z=z: self.unpad(*args, a, z) for a, z in self.map_ranges])
+        """``grad_input`` (contiguous ``[b, C, H, W]``) = the sum of the workers' padded buffers' interiors."""
+        args = (gX.data_ptr(), gX.shape[0], gX.stride(0), grad_input.data_ptr(), self.geo.data_ptr())
+        geom = self.geom
+        _deform_cpp.run_rows(lambda w, a, z: self.unpad(*args, a, z), self.b * geom.sub_groups * geom.height)
 
 
 def _kernel_geometry(geom: _Geometry, b: int) -> Tensor:

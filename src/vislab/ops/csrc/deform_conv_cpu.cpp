@@ -18,7 +18,6 @@
 // Compiled with -O3 -march=native -fopenmp-simd (the simd pragmas need no OpenMP runtime).
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 namespace {
@@ -150,14 +149,13 @@ void im2col(const T* __restrict X, const T* offset, const T* mask, T* __restrict
 }
 
 // For the output rows [start, end): the input gradient of the padded input, accumulated into gX (a
-// buffer of X's shape private to the calling thread, zeroed here; null: not needed), and the offset
+// buffer of X's shape private to the calling thread, zeroed by the caller; null: not needed), and the offset
 // and mask gradients (null: not needed), from the column gradient gcols (the layout of cols).
 template <typename T>
 void col2im_coordinates(const T* __restrict X, const T* offset, const T* mask, const T* __restrict gcols,
                         T* __restrict gX, T* grad_offset, T* grad_mask, const int64_t* geo, int64_t start,
                         int64_t end) {
   const Geometry g(geo);
-  if (gX) std::memset(gX, 0, sizeof(T) * g.b * g.G * g.r * (g.H + 2 * PAD) * (g.W + 2 * PAD) * g.Cs);
   const int64_t K = g.kh * g.kw, Gs = g.G * g.r, Cs = g.Cs, Wp = g.W + 2 * PAD, L = g.Ho * g.Wo;
   const int64_t P = (g.H + 2 * PAD) * Wp;
   const bool coordinates = grad_offset != nullptr || grad_mask != nullptr;
@@ -363,6 +361,6 @@ void vislab_deform_col2im_f64(const double* X, const double* offset, const doubl
   col2im_coordinates<double>(X, offset, mask, gcols, gX, grad_offset, grad_mask, geo, start, end);
 }
 
-int vislab_deform_abi_version() { return 2; }
+int vislab_deform_abi_version() { return 3; }
 
 }  // extern "C"

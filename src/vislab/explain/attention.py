@@ -384,10 +384,7 @@ def position_embedding_similarity(pos_embedding: Tensor, grid_size: int | tuple[
 
 def plot_position_similarity(sim: Tensor, path: str | Path, *, title: str | None = None) -> Path:
     """Draw :func:`position_embedding_similarity` as a ``gh×gw`` grid of ``gh×gw`` maps (ViT Fig. 7)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from vislab.report.figures import plt
 
     if sim.ndim != 4 or sim.shape[:2] != sim.shape[2:]:
         raise ValueError(f"sim must be Tensor[gh, gw, gh, gw], got {tuple(sim.shape)}")

@@ -592,12 +592,7 @@ def plot_iou_vs_clicks(curves: dict[str, ClickEvaluation], path: Any, *, thresho
                        title: str | None = None) -> Any:
     """Mean IoU against the number of clicks, one line per row (``{"fine-tuned": evaluation, ...}``), NoC@τ in
     the legend; dotted lines at the thresholds. Saves ``path`` (PNG) and returns it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from vislab.report.figures import save_figure
+    from vislab.report.figures import plt, save_figure
 
     if not curves:
         raise ValueError("curves is empty")
@@ -623,12 +618,7 @@ def plot_click_sequences(images: list[Any], runs: list[ClickRun], masks: list[An
     """Each object with its ground-truth outline, its click sequence (green positive, red negative, numbered),
     the box when there was one (yellow) and the final prediction tinted, its IoU in the title; one panel per
     object. ``runs`` from :func:`simulate_clicks` with ``keep_masks=True``. Saves ``path`` and returns it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from vislab.report.figures import save_figure
+    from vislab.report.figures import plt, save_figure
 
     if not (len(images) == len(runs) == len(masks)) or not runs:
         raise ValueError(f"images, runs and masks must pair up and be non-empty, got {len(images)}, {len(runs)}, "

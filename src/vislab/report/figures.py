@@ -13,7 +13,8 @@ from typing import Any
 import matplotlib
 import matplotlib.ticker
 
-matplotlib.use("Agg")
+if "inline" not in str(matplotlib.rcParams.get("backend", "")).lower():  # Jupyter keeps its inline figures
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 

@@ -132,9 +132,13 @@ def _reset_for_tests() -> None:
         _state.update(tried=False, lib=None, reason=None)
 
 
+# worker threads of the kernels; None: torch.get_num_threads()
+WORKERS: int | None = None
+
+
 def row_ranges(rows: int) -> list[tuple[int, int]]:
-    """``[0, rows)`` split into ``torch.get_num_threads()`` nearly equal ranges (fewer for few rows)."""
-    parts = max(1, min(torch.get_num_threads(), rows))
+    """``[0, rows)`` split into one nearly equal range per worker (fewer for few rows)."""
+    parts = max(1, min(WORKERS or torch.get_num_threads(), rows))
     return [(rows * t // parts, rows * (t + 1) // parts) for t in range(parts)]
 
 

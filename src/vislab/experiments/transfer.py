@@ -6,13 +6,12 @@
   margin loss on L2-normalised embeddings, online mining in P x K batches of 2 classes), then ``ce`` (the FC
   with cross-entropy on the frozen, triplet-trained features).
 * ``joint`` -- (c) ``L = L_CE + triplet_weight * L_triplet`` on the whole model, end to end.
-* ``random_init`` -- the control: a random backbone trained with the schedule of ``control_schedule``.
-  Claims: every pretrained regime beats it, and ``joint`` beats ``ce_fc``, on test accuracy.
+* ``random_init`` -- the control: a random backbone trained with the schedule of ``control_schedule``
+  (claims: every pretrained regime beats it, and ``joint`` beats ``ce_fc``, on test accuracy).
 
 While pretrained features train, their BatchNorm layers stay in eval mode (``freeze_bn``): in train mode
 each two-class P x K batch would be normalised with its own statistics, and the triplet loss would shape an
-embedding other than the one evaluated. Data: :mod:`vislab.data.two_class` (embedded faces vs non-faces,
-or two CIFAR-10 classes); task modules: :mod:`vislab.engine.tasks.triplet`.
+embedding other than the one evaluated. Data: :mod:`vislab.data.two_class`; tasks: :mod:`vislab.engine.tasks`.
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
+from vislab.data.cifar import scan_cifar10
 from vislab.data.triplets import BalancedBatchSampler
 from vislab.data.two_class import TwoClassData, cifar_binary_splits, lfw_binary_splits, stratified_subsample
 from vislab.engine.config import CommonConfig, param
@@ -103,7 +103,6 @@ def _schedule(cfg: TransferConfig, variant: str) -> str:
 
 
 class Transfer(Experiment):
-    name = "transfer"
     data_help = ("default: embedded faces vs non-faces (scikit-image lfw_subset, 200 real crops); "
                  "--data cifar10-binary --root DIR [--download]: two CIFAR-10 classes "
                  "(--set classes=airplane,automobile), CIFAR's own test split; --root alone means cifar10-binary")
@@ -139,8 +138,6 @@ class Transfer(Experiment):
                                 "or where --download puts it)")
             _classes(cfg)
             if not download:  # the batches' content, before the run folder exists (with --download: after it)
-                from vislab.data.cifar import scan_cifar10
-
                 scan_cifar10(root)
         from vislab.models.backbones import check_backbone
 

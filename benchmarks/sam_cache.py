@@ -28,7 +28,6 @@ from pathlib import Path
 
 import torch
 from _common import RESULTS, load_average, machine_info, machine_line, write_section
-
 from vislab.experiments.runner import RunOptions, run_experiment
 
 SETTINGS = {

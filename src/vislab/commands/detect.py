@@ -90,9 +90,9 @@ def detect_command(args: Any) -> int:
     from tqdm import tqdm
 
     from vislab.commands._console import LineWriter
-    from vislab.models.detection.builder import load_detector_checkpoint
     from vislab.io.files import atomic_write_bytes, atomic_write_text
     from vislab.io.images import open_image
+    from vislab.models.detection.builder import load_detector_checkpoint
 
     score = float(getattr(args, "score", 0.5))
     if not 0.0 <= score <= 1.0:

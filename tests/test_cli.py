@@ -46,3 +46,26 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
                     "no readable images")
     _one_line_error(run_cli("run", "folder-classifier", "--resume", "--out", str(tmp_path / "r5")),
                     "holds no config.yaml")
+
+
+def test_show_is_kept_under_a_fingerprint_of_the_sources(tmp_path, monkeypatch):
+    """`vislab show` imports the experiment once (torch, Lightning: seconds); the text is kept in the cache under
+    a fingerprint of the sources, read back by later calls, computed again when the sources change, and a cache
+    that cannot be written only costs the time."""
+    from vislab.experiments import _registry, describe_experiment, list_experiments
+
+    monkeypatch.setenv("VISLAB_CACHE", str(tmp_path / "cache"))
+    name = list_experiments()[0][0]
+    live = _registry._describe_live(name)
+    assert describe_experiment(name) == live and "config (--set KEY=VALUE):" in live
+    (kept,) = (tmp_path / "cache" / "show").glob(f"{name}-*.txt")
+    kept.write_text("kept text")
+    assert describe_experiment(name) == "kept text"  # read back, no import
+    monkeypatch.setattr(_registry, "_source_fingerprint", lambda: "changed")
+    assert describe_experiment(name) == live  # other sources: computed again, the old text removed
+    assert [p.name for p in (tmp_path / "cache" / "show").iterdir()] == [f"{name}-changed.txt"]
+    (tmp_path / "ro").write_text("a file where the cache folder should be")
+    monkeypatch.setenv("VISLAB_CACHE", str(tmp_path / "ro"))
+    assert describe_experiment(name) == live
+    out = run_cli("show", name)
+    assert out.returncode == 0 and out.stdout.strip() == live.strip()

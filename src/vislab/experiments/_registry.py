@@ -76,7 +76,54 @@ def get_experiment(name: str) -> Any:
     return exp
 
 
+def _source_fingerprint() -> str:
+    """A digest of the installed vislab sources (path, size, mtime of every ``.py`` file) and its version: what
+    an experiment's description is computed from. ~2 ms for the whole package."""
+    import hashlib
+    import os
+
+    import vislab
+
+    root = os.path.dirname(vislab.__file__)
+    h = hashlib.sha1(vislab.__version__.encode())
+    for d, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for f in sorted(files):
+            if f.endswith(".py"):
+                st = os.stat(os.path.join(d, f))
+                h.update(f"{os.path.relpath(os.path.join(d, f), root)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
+
+
 def describe_experiment(name: str) -> str:
+    """What `vislab show NAME` prints: summary, headline, data options, claims and the config fields with their
+    defaults, constraints and comments. Computing it imports the experiment (torch, Lightning: seconds), so the
+    text is kept in ``$VISLAB_CACHE/show/`` (default ``~/.cache/vislab``) under a fingerprint of the sources:
+    any change to them computes it again; a cache that cannot be written only costs the time."""
+    import os
+    from pathlib import Path
+
+    experiment_info(name)  # an unknown name: the UserError, before any import
+    cache = Path(os.environ.get("VISLAB_CACHE") or Path.home() / ".cache" / "vislab") / "show"
+    path = cache / f"{name}-{_source_fingerprint()}.txt"
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        pass
+    text = _describe_live(name)
+    try:
+        from vislab.io.files import atomic_write_text
+
+        atomic_write_text(path, text)
+        for old in cache.glob(f"{name}-*.txt"):  # descriptions of earlier sources
+            if old != path:
+                old.unlink(missing_ok=True)
+    except OSError:
+        pass
+    return text
+
+
+def _describe_live(name: str) -> str:
     from vislab.engine.config import describe_config
 
     exp = get_experiment(name)

@@ -411,3 +411,26 @@ def test_output_gradient_in_any_layout(groups, cpu_kernel):
     ones = torch.autograd.grad(out.sum(), leaves, retain_graph=True)  # an expanded (stride-0) gradient
     for a, e in zip(ones, torch.autograd.grad(out, leaves, torch.ones_like(out))):
         torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+
+
+def test_under_bf16_autocast_mixed_dtypes_run_in_float32_and_train():
+    """`--precision bf16-mixed`: the offset conv gives bfloat16 offsets beside a float32 input. As torchvision's
+    autocast rule (registered there for CUDA only: its CPU kernel fails on bfloat16), every argument runs in
+    float32 and the result comes back in the input's dtype, equal to the float32 op on the same values; a
+    convert_to_deformable network trains a step under CPU autocast."""
+    g = torch.Generator().manual_seed(0)
+    x, off = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 18, 8, 8, generator=g)
+    w, b, m = torch.randn(5, 4, 3, 3, generator=g), torch.randn(5, generator=g), torch.rand(2, 9, 8, 8, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = deform_conv2d(x, off.bfloat16(), w, b, padding=1, mask=m.bfloat16())
+        out_b = deform_conv2d(x.bfloat16(), off, w, b, padding=1)
+    ref = deform_conv2d(x, off.bfloat16().float(), w, b, padding=1, mask=m.bfloat16().float())
+    assert out.dtype == torch.float32 and torch.equal(out, ref)
+    assert out_b.dtype == torch.bfloat16
+    with pytest.raises(TypeError, match="offset must have the input's dtype"):  # outside autocast: refused
+        deform_conv2d(x, off.bfloat16(), w, b, padding=1)
+    net = convert_to_deformable(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = net(torch.randn(2, 3, 16, 16, generator=g)).float().square().mean()
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters() if p.requires_grad)

@@ -983,7 +983,9 @@ def deform_conv2d(
     Returns:
         ``Tensor[B, C_out, Ho, Wo]`` in the input's dtype.
 
-    Float16/bfloat16 inputs are computed in float32 on CPU and returned in their own dtype. This
+    Float16/bfloat16 inputs are computed in float32 on CPU and returned in their own dtype. Under
+    ``torch.autocast`` (``--precision bf16-mixed``), as torchvision's rule does, mixed dtypes are accepted:
+    every argument is computed in float32 and the result returned in the input's dtype. This
     calls the registered operator ``torch.ops.vislab.deform_conv2d`` (one node under
     ``torch.compile`` and ``torch.export``); under ONNX export the standard-op formulation
     :func:`deform_conv2d_gather` is used so that the graph contains only standard ops.
@@ -994,6 +996,17 @@ def deform_conv2d(
     """
     if torch.onnx.is_in_onnx_export():  # ONNX has no such op: standard ops only
         return deform_conv2d_gather(input, offset, weight, bias, stride, padding, dilation, mask)
+    if isinstance(input, Tensor) and torch.is_autocast_enabled(input.device.type):
+        # torchvision's autocast rule: every floating argument (not float64) in float32, the op run outside
+        # autocast, the result in the input's dtype. Under bf16-mixed the offset conv gives bfloat16 offsets
+        # beside a float32 input, which the op itself refuses.
+        def f32(t: Tensor | None) -> Tensor | None:
+            return t.float() if isinstance(t, Tensor) and t.is_floating_point() and t.dtype != torch.float64 else t
+
+        with torch.autocast(input.device.type, enabled=False):
+            out = deform_conv2d(f32(input), f32(offset), f32(weight), f32(bias), stride, padding, dilation,
+                                f32(mask))
+        return out.to(input.dtype)
     geom = _check(input, offset, weight, bias, stride, padding, dilation, mask)
     return torch.ops.vislab.deform_conv2d(input, offset, weight, bias, list(geom.stride), list(geom.padding),
                                           list(geom.dilation), mask)

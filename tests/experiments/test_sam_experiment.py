@@ -97,8 +97,7 @@ def test_run_folder_summary_and_report(tiny_run):
             assert set(m) == {"iou", "dice", "nsd", "boundary_iou"} and all(0 <= v <= 1 for v in m.values())
         c = r["clicks"]
         assert c["clicks"] == [1, 2, 3] and len(c["miou"]) == 3 and 1 <= c["noc@85"] <= 3 and r["seconds"] > 0
-        assert (r["box_clicks"] is None) == (row == "classical")
-    assert p["rows"]["fine-tuned"]["box_clicks"]["clicks"] == [0, 1, 2, 3]
+        assert r["box_clicks"]["clicks"] == [0, 1, 2, 3], row  # the classical row too (GrabCut + clicks)
     assert model.kind == "offline"
     reloaded = result.model("finetuned")  # RunResult loads the best checkpoint on demand
     for k, v in reloaded.decoder.state_dict().items():

@@ -131,6 +131,12 @@ def test_click_segmenter_box_goes_to_grabcut_and_errors():
     assert not m2[0][:, :8].any() and _iou(m2[0], mask) > 0.85
     with pytest.raises(ValueError, match="at least one positive click"):
         click_seeded_mask(img, np.array([[3.5, 3.5]]), np.array([0]))
+    # box + only negative clicks (box + clicks when the box's mask spills over): GrabCut from the box with the
+    # negative disk as sure background, so the clicked pixels leave the mask and the rest stays GrabCut's
+    neg = np.array([[12.5, 14.5]])
+    m3, q3, _ = seg.predict(point_coords=neg, point_labels=np.array([0]), box=box)
+    assert m3.shape == (1, 64, 64) and np.isnan(q3).all()
+    assert not m3[0][14, 12] and not m3[0][:, :8].any() and _iou(m3[0], mask) > 0.8
     with pytest.raises(ValueError, match="method must be one of random_walker, watershed"):
         ClickSeededSegmenter(method="graphcut")
     with pytest.raises(ValueError, match="labels must be"):

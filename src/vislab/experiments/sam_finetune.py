@@ -361,8 +361,7 @@ class SamFinetune(Experiment):
         images, masks = [ts.image(j) for j in js], [ts.mask(j) for j in js]
         rows = {"fine-tuned": first.state["model"], "before fine-tuning": data.model.cpu().eval(),
                 "classical": ClickSeededSegmenter(grabcut_iters=cfg.grabcut_iters)}
-        ev = evaluate_prompts(rows, images, masks, ts.boxes[js], n_clicks=cfg.n_clicks, keep_masks=("fine-tuned",),
-                              clicks_only=("classical",))
+        ev = evaluate_prompts(rows, images, masks, ts.boxes[js], n_clicks=cfg.n_clicks, keep_masks=("fine-tuned",))
         runs = ev["curves"]["fine-tuned"][0].runs
         picks = pick_prompts([ts.pv.kinds[j] for j in js], cfg.figure_prompts)
         data.prompt_eval = {"curves": ev["curves"], "sequences": (

@@ -596,18 +596,20 @@ def plot_iou_vs_clicks(curves: dict[str, ClickEvaluation], path: Any, *, thresho
 
     if not curves:
         raise ValueError("curves is empty")
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    fig, ax = plt.subplots(figsize=(7.6, 3.6))
     for name, ev in curves.items():
         ks = np.arange(ev.start, ev.start + ev.iou.shape[1])
         noc_txt = ", ".join(f"NoC@{round(t * 100)} {ev.noc[t]:.2f}" for t in thresholds if t in ev.noc)
-        ax.plot(ks, ev.mean_curve("iou"), marker="o", ms=3, label=f"{name} ({noc_txt})" if noc_txt else name)
+        boxed = ev.start == 0  # box + clicks: dashed, the same colour family as its clicks-only row
+        ax.plot(ks, ev.mean_curve("iou"), marker="s" if boxed else "o", ms=3, ls="--" if boxed else "-",
+                label=f"{name} ({noc_txt})" if noc_txt else name)
     for t in thresholds:
         ax.axhline(t, color="0.6", lw=0.8, ls=":")
     ax.set_xlabel("clicks")
     ax.set_ylabel("mean IoU")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)  # beside, not over
     if title:
         ax.set_title(title, fontsize=9)
     return save_figure(fig, path)

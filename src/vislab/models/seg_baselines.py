@@ -120,15 +120,16 @@ def _rgb_array(image: Tensor | np.ndarray) -> np.ndarray:
 
 
 def click_seeds(size: tuple[int, int], points: np.ndarray, labels: np.ndarray, *, box: np.ndarray | None = None,
-                seed_radius: float = 2.0) -> np.ndarray:
-    """The seed map ``int32[H, W]`` of :func:`click_seeded_mask`: 1 foreground, 2 background, 0 unknown."""
+                seed_radius: float = 2.0, border: bool = True) -> np.ndarray:
+    """The seed map ``int32[H, W]`` of :func:`click_seeded_mask`: 1 foreground, 2 background, 0 unknown. Outside
+    ``box`` is background; without a box, the image border is (``border=False``: only the clicks)."""
     h, w = size
     seeds = np.zeros((h, w), np.int32)
     yy, xx = np.mgrid[0:h, 0:w] + 0.5  # pixel centres
     if box is not None:
         x0, y0, x1, y1 = (float(v) for v in box)
         seeds[~((xx > x0) & (xx < x1) & (yy > y0) & (yy < y1))] = 2
-    if box is None:
+    if box is None and border:
         seeds[0, :] = seeds[-1, :] = seeds[:, 0] = seeds[:, -1] = 2
     for (x, y), lab in zip(points, labels):
         r, c = min(h - 1, max(0, int(np.floor(y)))), min(w - 1, max(0, int(np.floor(x))))
@@ -172,10 +173,43 @@ def click_seeded_mask(image: Tensor | np.ndarray, points: np.ndarray, labels: np
     return np.asarray(out == 1)
 
 
+def grabcut_box_clicks(image: Tensor | np.ndarray, box: np.ndarray, points: np.ndarray, labels: np.ndarray, *,
+                       iterations: int = 5, seed_radius: float = 2.0, seed: int = 0) -> np.ndarray:
+    """GrabCut from a box refined by clicks: a bool mask ``[H, W]``. Outside the box is sure background, inside
+    probable foreground; each click's disk (radius ``seed_radius`` px, continuous XY) is sure foreground
+    (label 1) or sure background (label 0), and GrabCut starts from that mask (``GC_INIT_WITH_MASK``). A box
+    that leaves GrabCut no foreground or no background to model gives the box minus the negative disks."""
+    import cv2
+
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    rgb = _rgb_array(image)
+    h, w = rgb.shape[:2]
+    x, y, bw, bh = box_pixel_rect(tuple(np.asarray(box, dtype=np.float64).reshape(4)), (h, w))
+    mask = np.full((h, w), cv2.GC_BGD, np.uint8)
+    mask[y:y + bh, x:x + bw] = cv2.GC_PR_FGD
+    seeds = click_seeds((h, w), np.asarray(points, np.float64).reshape(-1, 2), np.asarray(labels).reshape(-1),
+                        seed_radius=seed_radius, border=False)
+    mask[seeds == 1] = cv2.GC_FGD
+    mask[seeds == 2] = cv2.GC_BGD
+    fg = (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
+    if fg.sum() < 2 or fg.all():
+        return fg
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(seed)
+    try:
+        cv2.grabCut(np.ascontiguousarray(rgb[..., ::-1]), mask, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+    except cv2.error:
+        return fg
+    return (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
+
+
 class ClickSeededSegmenter:
     """The classical baseline behind the same interface as :class:`vislab.models.sam.SamPrompter` (continuous
     coordinates): points (with or without a box) → :func:`click_seeded_mask`; a lone box → GrabCut
-    (:func:`grabcut_masks`; a box it cannot take gives the filled box). It has no mask prompt (``mask_input``
+    (:func:`grabcut_masks`; a box it cannot take gives the filled box); a box with only negative clicks (the
+    usual second step of box + clicks when the box's mask spills over) → :func:`grabcut_box_clicks`, since a
+    random walker needs a foreground seed. It has no mask prompt (``mask_input``
     is ignored), one mask per call whatever ``multimask_output`` says, and no quality estimate
     (``iou_predictions`` NaN, ``low_res_logits`` ``None``)."""
 
@@ -202,6 +236,10 @@ class ClickSeededSegmenter:
             return masks.numpy(), np.array([np.nan]), None
         if point_labels is None:
             raise ValueError("point_labels must be given with point_coords")
+        if box is not None and not (np.asarray(point_labels).reshape(-1) == 1).any():
+            m = grabcut_box_clicks(self.image, box, point_coords, point_labels, iterations=self.grabcut_iters,
+                                   seed_radius=self.seed_radius)
+            return m[None], np.array([np.nan]), None
         m = click_seeded_mask(self.image, point_coords, point_labels, box=box, method=self.method,
                               seed_radius=self.seed_radius, beta=self.beta)
         return m[None], np.array([np.nan]), None

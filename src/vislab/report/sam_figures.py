@@ -127,7 +127,8 @@ def prompt_section(rep: Any, ev: dict[str, Any], *, figure: Any, sequences: tupl
              "then farthest-point sampling of the object's core); 5 simulated clicks (RITM's protocol: each click at "
              "the centre of the largest error, positive in a miss, negative in a false alarm, the previous "
              "low-resolution logits passed as the mask prompt). The classical row answers points and clicks with "
-             "scikit-image's random walker seeded by the same clicks, and a lone box with GrabCut; it has no mask "
+             "scikit-image's random walker seeded by the same clicks, a lone box with GrabCut, and a box with "
+             "only negative clicks with GrabCut started from the box and the clicks; it has no mask "
              f"prompt. Evaluating all rows took {sum(r['seconds'] for r in rows.values()):.1f} s.")
     table = [[row, kind, *(f"{m[k]:.3f}" for k in ("iou", "dice", "nsd", "boundary_iou"))]
              for row, d in rows.items() for kind, m in d["table"].items()]
@@ -146,8 +147,7 @@ def prompt_section(rep: Any, ev: dict[str, Any], *, figure: Any, sequences: tupl
               noc, caption=f"NoC@τ: mean number of clicks to reach IoU τ, an object never reaching it within {n} "
               "clicks counted as "
               f"{n} (RITM's cap); NoF: how many never reached it. With a box, the box alone counts 0 clicks and the "
-              "first mIoU is the box's. The classical row has no box + clicks: seeded by a box and only negative "
-              "clicks, the random walker has no foreground seed.")
+              "first mIoU is the box's.")
     if curves:
         lines = {}
         for row, (alone, boxed) in curves.items():

@@ -291,8 +291,7 @@ def evaluate_prompts(predictors: dict[str, Any], images: list[Any], masks: list[
 
     Returns ``{"summary": {row: {"table", "clicks", "box_clicks", "seconds"}}, "curves": {row: (clicks,
     box_clicks) ClickEvaluation}}``; rows in ``keep_masks`` keep each round's masks (for figures); rows in
-    ``clicks_only`` skip box + clicks (``box_clicks`` ``None``: the click-seeded baseline cannot take a box
-    with only negative clicks).
+    ``clicks_only`` skip box + clicks (``box_clicks`` ``None``).
     """
     from vislab.models.sam_clicks import evaluate_clicks, parse_prompt_kind, prompt_table
 

@@ -61,6 +61,19 @@ def test_tensorboard_events_hold_every_variant(tmp_path):
         acc = EventAccumulator(str(folders[0].parent))
         acc.Reload()
         assert {"train_loss", "val_loss", "val_accuracy", "lr", "epoch_s"} <= set(acc.Tags()["scalars"])
+    # the end of the run: the report's figures as images, hparams per variant with the headline test metric
+    figs = EventAccumulator(str(out / "tb" / "report" / "figures"))
+    figs.Reload()
+    pngs = {f"figures/{p.stem}" for p in (out / "figures").glob("*.png")}
+    assert pngs and set(figs.Tags()["images"]) == pngs
+    for v in ("linear", "mlp"):
+        (ev,) = (out / "tb" / "report" / "hparams" / v).rglob("events.out.tfevents.*")
+        acc = EventAccumulator(str(ev.parent))
+        acc.Reload()
+        assert "_hparams_/session_start_info" in acc.summary_metadata
+        assert "test/accuracy" in acc.Tags()["scalars"]
+        assert acc.Scalars("test/accuracy")[0].value == pytest.approx(
+            json.loads((out / "summary.json").read_text())["runs"][v]["test"]["accuracy"]["mean"])
 
 
 def test_an_existing_run_or_a_foreign_folder_is_refused(tmp_path):

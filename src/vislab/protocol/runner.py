@@ -208,6 +208,10 @@ def execute(exp: Any, ctx: RunContext, seeds: list[int]) -> RunResult:
         from vislab.protocol.report import write_report
 
         write_report(exp, ctx, data, result)
+        if getattr(ctx, "logger", "none") == "tensorboard":
+            from vislab.report.tensorboard import log_report
+
+            log_report(ctx.run.path, summary, ctx.cfg)
         ctx.log(f"vislab: wrote {ctx.run.path / 'report.html'}")
     return result
 

@@ -26,6 +26,15 @@ IMPLEMENTATIONS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _cpp_kernel_or_skip(request):
+    """The "fast-cpp" cases need the compiled kernel; on a machine without a C++ compiler they are skipped
+    with the reason (the other implementations, the fallback among them, still run)."""
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    if params.get("impl") == "fast-cpp" and dc._deform_cpp.library() is None:
+        pytest.skip(f"the C++ kernel is not available: {dc._deform_cpp.reason()}")
+
+
 def _loop_reference(x, offset, weight, bias, stride, padding, dilation, mask):
     """Float64 loops, transcribed from torchvision's deform_conv2d CPU kernel (bilinear_interpolate:
     0 when y <= -1, y >= H, x <= -1 or x >= W; each corner outside the map counts 0)."""

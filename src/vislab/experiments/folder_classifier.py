@@ -72,8 +72,8 @@ class FolderClassifierConfig(CommonConfig):
     cam_candidates_pretrained: tuple[str, ...] = ("features.blocks.3", "features.blocks.4", "features.blocks.5",
                                                   "features.conv_head")  # EfficientNet-Lite0 stages
     cam_images: int = param(12, ge=1)  # test images shown with Grad-CAM overlays
-    explain_images: int = param(4, ge=0)  # the first N of those explained by every method, measured (0 = off)
-    explain_methods: tuple[str, ...] = param(_CHEAP, choices=METHODS)  # CAM methods of the method × measure table
+    explain_images: int = param(12, ge=0)  # N of those explained by every method, measured (0 = off)
+    explain_methods: tuple[str, ...] = param(METHODS, choices=METHODS)  # CAM methods of the method × measure table
     explain_variants: tuple[str, ...] = param(VARIANTS, choices=VARIANTS)  # variants given that table
     per_class: int = param(300, ge=1)  # embedded data: generated images per class
     augment: bool = True  # SPEC §1 augmentations on the training split
@@ -121,7 +121,7 @@ class FolderClassifier(Experiment):
             return {"epochs": 2, "pretrained_epochs": 1, "per_class": 30, "image_size": 48, "cam_images": 6,
                     "explain_images": 0}
         return {"epochs": 12, "pretrained_epochs": 2, "image_size": 64, "explain_images": 8,
-                "explain_variants": ("small_cnn",)}
+                "explain_methods": _CHEAP, "explain_variants": ("small_cnn",)}
 
     # ------------------------------------------------------------------------------------------
     def load_data(self, ctx: RunContext) -> _Data:

@@ -340,8 +340,10 @@ def test_bad_arguments_before_any_work(tmp_path):
         _validate({}, root=str(tmp_path))
     with pytest.raises(UserError, match="scenes must be >= 10"):
         _validate({"scenes": 4})
-    with pytest.raises(UserError, match="objects must be two numbers 1 <= min <= max <= 12"):
+    with pytest.raises(UserError, match="objects must be two numbers MIN,MAX with MIN <= MAX"):
         _validate({"objects": (4, 2)})
+    with pytest.raises(UserError, match="click_rounds must be two numbers MIN,MAX with MIN <= MAX"):
+        _validate({"click_rounds": (3, 1)})
     with pytest.raises(UserError, match="objects must be <= 12"):
         _validate({"objects": (2, 13)})
     with pytest.raises(UserError, match="time_fraction must be <= 1"):

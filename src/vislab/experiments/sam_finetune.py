@@ -1,12 +1,8 @@
-"""Experiment ``sam-finetune`` (SPEC §8): SAM's mask decoder fine-tuned with box prompts on a frozen encoder.
-
-The model (``vislab.models.sam``): SAM's prompt encoder + mask decoder on a frozen ImageNet EfficientNet-Lite0
-(offline), or the official SAM (``sam_checkpoint``). The data step encodes every view once (the embedding cache,
-:mod:`vislab.data.sam_prompts`); the decoder trains on cached features (MedSAM's boxes, or SAM's points and clicks
-with ``prompts=points|mixed``: :class:`vislab.engine.tasks.sam_decoder.SamDecoderTask`). Rows on the same test
-boxes: ``finetuned``; untrained ``zero_shot`` (official SAM or ``init``), ``box`` (filled) and ``grabcut``; then
-the prompt table, NoC@85/90 and IoU against clicks (``vislab.models.sam_clicks``). Data: ``--data DIR``
-(``images/`` + ``masks/``, ``vislab.data.masks``) or generated scenes; a seeded split.
+"""Experiment ``sam-finetune`` (SPEC §8): SAM's mask decoder fine-tuned on a frozen encoder (offline
+EfficientNet-Lite0 or the official SAM, ``vislab.models.sam``) over an embedding cache (``vislab.data.sam_prompts``),
+with box, point or mixed prompts (``vislab.engine.tasks.sam_decoder``). Rows on the same test boxes: ``finetuned``,
+``zero_shot`` (official SAM or ``init``), ``box`` and ``grabcut``; then the prompt table, NoC@85/90 and IoU against
+clicks (``vislab.models.sam_clicks``). Data: ``--data DIR`` (``images/`` + ``masks/``) or generated scenes.
 """
 
 from __future__ import annotations
@@ -53,6 +49,7 @@ class SamFinetuneConfig(CommonConfig):
     schedule: Literal["cosine", "plateau"] = param("cosine", choices=("cosine", "plateau"))  # warm-up + cosine
     prompt: Literal["component", "mask"] = param("component", choices=PROMPT_MODES)  # a box per component / mask
     prompts: str = param("box", choices=PROMPT_TRAINING)  # training prompts: box (MedSAM), points, mixed (SAM)
+    click_rounds: tuple[int, ...] = param((1, 8), ge=0, length=2)  # mixed: error-click rounds MIN,MAX after the 1st
     min_area: int | None = param(None, ge=1)  # smallest object in px at image_size (None: 0.1% of the image, >= 4)
     scenes: int = param(600, ge=10)  # embedded data: number of generated scenes
     objects: tuple[int, ...] = param((2, 4), ge=1, le=12, length=2)  # embedded data: fewest, most objects a scene
@@ -149,9 +146,10 @@ class SamFinetune(Experiment):
         if cfg.sam_checkpoint is not None and not Path(cfg.sam_checkpoint).is_file():
             raise UserError(f"sam_checkpoint {cfg.sam_checkpoint} does not exist; download the official "
                             f"{cfg.model_type} weights from {SAM_CHECKPOINT_URLS[cfg.model_type]} and pass its path")
+        for key in ("objects", "click_rounds"):  # MIN,MAX pairs
+            if getattr(cfg, key)[0] > getattr(cfg, key)[1]:
+                raise UserError(f"{key} must be two numbers MIN,MAX with MIN <= MAX, got {list(getattr(cfg, key))}")
         if data is None:
-            if cfg.objects[0] > cfg.objects[1]:
-                raise UserError(f"objects must be two numbers 1 <= min <= max <= 12, got {list(cfg.objects)}")
             return
         from vislab.data.masks import pair_mask_folder
 
@@ -274,7 +272,8 @@ class SamFinetune(Experiment):
                 "contains": "the decoder half (neck, fine projection, prompt encoder, mask decoder) as model.*"}
         return SamDecoderTask(model.decoder, train_set=train, schedule=cfg.schedule, lr=cfg.lr,
                               weight_decay=cfg.weight_decay, lr_patience=cfg.lr_patience, lr_factor=cfg.lr_factor,
-                              prompts=cfg.prompts, jitter=data.jitter, seed=cfg.seed, meta=meta)
+                              prompts=cfg.prompts, click_rounds=cfg.click_rounds, jitter=data.jitter, seed=cfg.seed,
+                              meta=meta)
 
     def run_variant(self, ctx: RunContext, data: _Data, variant: str) -> VariantResult:
         cfg: SamFinetuneConfig = ctx.cfg

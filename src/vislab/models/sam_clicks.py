@@ -473,7 +473,7 @@ def _sample_pixels(where: Tensor, k: int, generator: torch.Generator | None) -> 
 
 def sample_prompts(masks: Tensor, kind: str = "mixed", *, generator: torch.Generator | None = None,
                    max_shift: float = 0.0, max_pos: int = 3, max_neg: int = 2, neg_margin: float = 0.1,
-                   click_rounds: tuple[int, int] = (1, 3), p_kinds: tuple[float, float, float] = (0.4, 0.3, 0.3)
+                   click_rounds: tuple[int, int] = (1, 8), p_kinds: tuple[float, float, float] = (0.4, 0.3, 0.3)
                    ) -> PromptBatch:
     """Prompts for a batch of ground-truth masks ``Tensor[B, H, W]``, one kind for the whole batch (SAM's prompt
     tokens must line up across a batch: a batch holds boxes, or points, not both).

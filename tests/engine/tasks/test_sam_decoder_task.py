@@ -58,6 +58,25 @@ def test_mixed_draws_every_kind_over_batches(batch):
     assert kinds == {"box", "points", "clicks"}
 
 
+@pytest.mark.parametrize("rounds", [(0, 0), (2, 2), (5, 5)])
+def test_click_rounds_set_how_many_error_clicks_come_before_the_loss(batch, rounds, monkeypatch):
+    """A click batch decodes once per round without gradients, then once for the loss, with 1 + rounds points
+    (padding points, label -1, where a prediction is already exact)."""
+    import vislab.models.sam_clicks as clicks
+
+    model, feats, boxes, masks, ids = batch
+    real = clicks.sample_prompts
+    monkeypatch.setattr(clicks, "sample_prompts", lambda m, kind, **kw: real(m, kind, **{**kw, "p_kinds": (0, 0, 1)}))
+    task = SamDecoderTask(model.decoder, prompts="mixed", click_rounds=rounds).train()
+    seen = []
+    decode = model.decoder.decode
+    monkeypatch.setattr(model.decoder, "decode", lambda *a, **kw: seen.append(kw["points"].shape[1]) or decode(*a, **kw))
+    task.sampled_logits(feats, boxes, masks, ids)
+    assert seen == list(range(1, rounds[0] + 2))
+    with pytest.raises(ValueError, match="click_rounds must be"):
+        SamDecoderTask(model.decoder, prompts="mixed", click_rounds=(3, 1))
+
+
 def test_eval_prompt_point_uses_the_deepest_pixel(batch):
     model, feats, boxes, masks, ids = batch
     task = SamDecoderTask(model.decoder, prompts="points").eval()

@@ -47,12 +47,13 @@ class SamDecoderTask(TaskModule):
     ids), so a resumed run draws the same prompts). ``eval_prompt``: what validation and :func:`evaluate`
     prompt with — ``"box"``, ``"point"`` (each object's deepest pixel) or ``"both"`` (their mean); default:
     ``box`` for box training, ``point`` for points, ``both`` for mixed. ``epoch_s``: wall seconds of each
-    training epoch of this process (its training and validation passes).
+    training epoch of this process (its training and validation passes). ``click_rounds``: for mixed
+    prompts, the (inclusive) range of error-click rounds after the first click (SAM: up to 8 points in all).
     """
 
     def __init__(self, decoder: Any, *, loss: DiceCELoss | None = None, train_set: TrainPrompts | None = None,
                  schedule: str = "cosine", warmup: float = 0.03, prompts: str = "box", eval_prompt: str | None = None,
-                 jitter: float = 0.0, seed: int = 0, **kwargs: Any) -> None:
+                 jitter: float = 0.0, seed: int = 0, click_rounds: tuple[int, int] = (1, 8), **kwargs: Any) -> None:
         kwargs.setdefault("monitor", "val/iou")
         kwargs.setdefault("monitor_mode", "max")
         super().__init__(decoder, **kwargs)
@@ -71,6 +72,10 @@ class SamDecoderTask(TaskModule):
         self.eval_prompt = eval_prompt
         self.jitter = float(jitter)
         self.seed = int(seed)
+        lo, hi = (int(v) for v in click_rounds)
+        if not 0 <= lo <= hi:
+            raise ValueError(f"click_rounds must be (lo, hi) with 0 <= lo <= hi, got {tuple(click_rounds)}")
+        self.click_rounds = (lo, hi)
         self.epoch_s: list[float] = []
         self._epoch_t0 = 0.0
 
@@ -107,7 +112,7 @@ class SamDecoderTask(TaskModule):
         state = np.random.SeedSequence([self.seed, int(self.current_epoch), *ids.cpu().tolist()[:8]])
         gen = torch.Generator().manual_seed(int(state.generate_state(1)[0]))
         target = masks[:, 0].cpu() > 0.5  # (B, S, S)
-        pb = sample_prompts(target, self.prompts, generator=gen, max_shift=self.jitter)
+        pb = sample_prompts(target, self.prompts, generator=gen, max_shift=self.jitter, click_rounds=self.click_rounds)
         if pb.kind == "box":
             return self.model(feats, boxes)
         dev = feats.device

@@ -317,6 +317,63 @@ def test_only_some_inputs_require_grad(impl):
         assert all(t.grad is None for i, t in enumerate(leaves) if i != which)
 
 
+# groups = 1 with 8 or 16 output channels: the C++ path's fused kernels (no column buffer); widths that are not
+# a multiple of the kernel's 8-pixel block, column lengths that are not a multiple of its 16-entry block
+FUSED_CASES = {
+    "fused-16-channels": (3, 16, 16, 9, 10, 3, 3, 1, 1, 1, 1, 1, True, True, 2.0),
+    "fused-8-stride-pad-dil-pairs": (2, 4, 8, 9, 10, 3, 3, (2, 1), (0, 2), (2, 1), 1, 1, True, True, 1.5),
+    "fused-offset-groups-2-no-mask-no-bias": (2, 6, 16, 6, 7, 3, 3, 1, 1, 1, 1, 2, False, False, 2.0),
+    "fused-32-in-2x3-kernel": (2, 32, 8, 6, 7, 2, 3, 1, (1, 0), 1, 1, 1, True, True, 2.0),
+    "fused-large-offsets-leave-map": (2, 2, 16, 6, 5, 3, 3, 1, 1, 1, 1, 1, True, True, 8.0),
+    "fused-batch-0": (0, 16, 16, 5, 5, 3, 3, 1, 1, 1, 1, 1, True, True, 2.0),
+    "fused-one-channel": (3, 1, 16, 9, 10, 3, 3, 1, 1, 1, 1, 1, True, True, 2.0),
+    "fused-one-channel-per-offset-group-stride-dil": (2, 3, 32, 9, 11, 3, 3, (2, 1), (0, 2), (2, 1), 1, 3, True, True,
+                                                      1.5),
+    "fused-one-channel-no-mask-24-out": (2, 1, 24, 6, 7, 2, 3, 1, (1, 0), 1, 1, 1, False, False, 8.0),
+}
+
+
+@pytest.mark.parametrize("case", list(FUSED_CASES))
+def test_fused_kernel_matches_torchvision_and_the_column_path(monkeypatch, case, threads):
+    B, C, C_out, H, W, kh, kw, s, p, d, g, G, m, b, scale = FUSED_CASES[case]
+    x, offset, weight, bias, mask = _inputs(B, C, C_out, H, W, kh, kw, s, p, d, g, G, m, b, scale, dtype=torch.float64)
+    kw_ = dict(stride=s, padding=p, dilation=d)
+    assert dc._fused(dc._check(x, offset, weight, bias, mask=mask, **kw_))
+    monkeypatch.setattr(dc, "_FUSED_X_BYTES", 1)  # one image per chunk: the chunk offsets matter
+    fused = _forward_backward(IMPLEMENTATIONS["fast-cpp"], x, offset, weight, bias, mask, **kw_)
+    reference = _forward_backward(torchvision.ops.deform_conv2d, x, offset, weight, bias, mask, **kw_)
+    monkeypatch.setattr(dc, "_FUSED_OUT", ())
+    columns = _forward_backward(IMPLEMENTATIONS["fast-cpp"], x, offset, weight, bias, mask, **kw_)
+    for name, a, r, c in zip(NAMES, fused, reference, columns):
+        if r is None:
+            assert a is None
+            continue
+        _assert_rel_close(a, r, 1e-12, f"{case} {name} vs torchvision")
+        _assert_rel_close(a, c, 1e-12, f"{case} {name} vs the column path")
+
+
+def test_fused_kernel_computes_only_the_gradients_asked_for():
+    x, offset, weight, bias, mask = _inputs(2, 16, 16, 7, 9, 3, 3, padding=1, dtype=torch.float64)
+    full = _forward_backward(deform_conv2d, x, offset, weight, bias, mask, padding=1)
+    for which in range(5):
+        leaves = [t.detach().clone().requires_grad_(i == which) for i, t in enumerate((x, offset, weight, bias, mask))]
+        out = deform_conv2d(*leaves[:4], mask=leaves[4], padding=1)
+        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype))
+        torch.testing.assert_close(leaves[which].grad, full[which + 1], rtol=1e-12, atol=1e-12)
+
+
+def test_fused_kernel_is_chosen_for_few_output_channels_only():
+    def fused(c_in, c_out, groups=1, offset_groups=1):
+        x, offset, weight, _, mask = _inputs(1, c_in, c_out, 5, 5, 3, 3, padding=1, groups=groups,
+                                             offset_groups=offset_groups)
+        return dc._fused(dc._check(x, offset, weight, None, 1, 1, 1, mask))
+
+    assert fused(16, 16) and fused(32, 8) and fused(4, 16, offset_groups=2)
+    assert not fused(16, 32) and not fused(16, 12) and not fused(16, 16, groups=2)
+    assert fused(1, 16) and fused(1, 64) and fused(4, 24, offset_groups=4)  # one channel per offset group
+    assert not fused(1, 128)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("impl", list(IMPLEMENTATIONS))
 def test_half_precisions(dtype, impl):

@@ -34,7 +34,7 @@ import torch
 
 SOURCE = Path(__file__).parent / "csrc" / "deform_conv_cpu.cpp"
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=c++17"]
-_ABI_VERSION = 3
+_ABI_VERSION = 4
 
 _lock = threading.Lock()
 _state: dict = {"tried": False, "lib": None, "reason": None}
@@ -95,6 +95,9 @@ def _load(path: Path) -> ctypes.CDLL:
         getattr(lib, f"vislab_deform_col2im_{suffix}").argtypes = [p, p, p, p, p, p, p, p, i64, i64]
         getattr(lib, f"vislab_deform_pad_{suffix}").argtypes = [p, p, p, p, i64, i64]
         getattr(lib, f"vislab_deform_unpad_{suffix}").argtypes = [p, i64, i64, p, p, i64, i64]
+        getattr(lib, f"vislab_deform_fused_forward_{suffix}").argtypes = [p, p, p, p, p, p, i64, i64, i64]
+        getattr(lib, f"vislab_deform_fused_backward_{suffix}").argtypes = [p, p, p, p, p, p, p, p, p, p, i64, i64,
+                                                                             i64]
     return lib
 
 

@@ -71,6 +71,13 @@ _CHUNK_BYTES_GPU = 256 * 2**20
 # the number of calls per chunk (each GEMM is a parallel region): larger chunks
 _CHUNK_BYTES_CPP = 16 * 2**20
 _MIN_CHUNK_COLUMNS = 512
+# For these output-channel counts (groups = 1), and for one input channel per offset group, the C++ path
+# multiplies each pixel's column by the weight inside the sampling kernel, without a column buffer (see
+# _fused_forward); its chunks hold this much padded input.
+_FUSED_OUT = (8, 16)
+_FUSED_SINGLE_MAX_OUT = 64
+_FUSED_X_BYTES = 16 * 2**20
+_FUSED_BLOCK = 16  # the kernel's column-gradient block (VB): its weight rows are padded to a multiple
 # How the backward forms the transposed sampling matrix: "csr", "coo" or "auto" (see _transpose_as_csr)
 _TRANSPOSE = "auto"
 # On CPU, up to this many input channels per offset group sample with grid_sample (see _default_kind)
@@ -494,13 +501,13 @@ def _compute_dtype(dtype: torch.dtype, kind: str) -> torch.dtype:
     return dtype
 
 
-def _buffers(geom: _Geometry, dtype, device, chunk_images: int) -> tuple[Tensor, Tensor]:
-    """The padded channels-last input ``[b, G', Hp, Wp, C/G']`` (zeros) and a columns buffer."""
+def _buffers(geom: _Geometry, dtype, device, chunk_images: int, columns: bool = True) -> tuple[Tensor, Tensor | None]:
+    """The padded channels-last input ``[b, G', Hp, Wp, C/G']`` (zeros) and a columns buffer (or None)."""
     Gs, Cs = geom.sub_groups, geom.sub_channels
     X = torch.zeros((chunk_images, Gs, geom.height + 2 * _PAD, geom.width + 2 * _PAD, Cs), dtype=dtype,
                     device=device)
     n = chunk_images * geom.out_h * geom.out_w * Gs * geom.taps
-    return X, torch.empty((n, Cs), dtype=dtype, device=device)
+    return X, (torch.empty((n, Cs), dtype=dtype, device=device) if columns else None)
 
 
 def _weight_product(cols: Tensor, w: Tensor, geom: _Geometry, out: Tensor) -> None:
@@ -710,8 +717,9 @@ class _Kernels:
         lib = _deform_cpp.library()
         self.dtype = _compute_dtype(input.dtype, "sparse")
         suffix = "f64" if self.dtype == torch.float64 else "f32"
-        self.im2col, self.col2im, self.pad, self.unpad = (getattr(lib, f"vislab_deform_{name}_{suffix}")
-                                                          for name in ("im2col", "col2im", "pad", "unpad"))
+        self.im2col, self.col2im, self.pad, self.unpad, self.fused_forward, self.fused_backward = (
+            getattr(lib, f"vislab_deform_{name}_{suffix}")
+            for name in ("im2col", "col2im", "pad", "unpad", "fused_forward", "fused_backward"))
         self.geom = geom
         self.input = input.to(self.dtype)
         self.offset = offset.to(self.dtype).contiguous()
@@ -771,12 +779,85 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+def _fused(geom: _Geometry) -> bool:
+    """groups = 1 with 8 or 16 output channels, or one input channel per offset group (up to
+    ``_FUSED_SINGLE_MAX_OUT`` outputs): the fused kernels (no column buffer). Measured at batch 64, 2 threads,
+    forward+backward with mask: docs/deformable.md."""
+    if geom.groups != 1:
+        return False
+    if geom.sub_channels == 1 and geom.sub_groups == geom.offset_groups:
+        return geom.out_channels <= _FUSED_SINGLE_MAX_OUT
+    return geom.out_channels in _FUSED_OUT
+
+
+def _fused_chunks(k: _Kernels) -> list[tuple[int, int]]:
+    """Batch ranges whose padded input fits ``_FUSED_X_BYTES`` (the column budget of the same images is
+    about ``taps`` times larger)."""
+    return _chunks(k.geom, torch.finfo(k.dtype).bits // 8, torch.device("cpu"), _FUSED_X_BYTES * k.geom.taps)
+
+
+def _fused_forward(k: _Kernels, weight: Tensor, geom: _Geometry, out: Tensor) -> None:
+    """``out`` (without bias) by the fused kernel: per output row, each pixel's column gathered into a local
+    buffer and multiplied by the weight there."""
+    res = out if out.dtype == k.dtype else torch.empty_like(out, dtype=k.dtype)
+    wt = _grouped_weight(weight, geom, k.dtype)[0].t().contiguous()  # (R, C_out)
+    chunks = _fused_chunks(k)
+    X_buffer, _ = _buffers(geom, k.dtype, out.device, chunks[0][1], columns=False)
+    for s, e in chunks:
+        k.start_chunk(s, e, X_buffer)
+        args = (k.X.data_ptr(), k.off_ptr, k.mask_ptr, wt.data_ptr(), res[s:e].data_ptr(), k.geo.data_ptr(),
+                geom.out_channels)
+        _deform_cpp.run_rows(lambda w, a, z: k.fused_forward(*args, a, z), (e - s) * geom.out_h)
+    if res is not out:
+        out.copy_(res)
+
+
+def _fused_backward(k: _Kernels, grad_out: Tensor, w: Tensor, geom: _Geometry, gi: Tensor | None,
+                    go_off: Tensor | None, go_mask: Tensor | None, need_weight: bool) -> Tensor | None:
+    """The gradients by the fused kernel into ``gi``, ``go_off``, ``go_mask`` (compute dtype, contiguous; None:
+    not needed); returns the transposed weight gradient ``[R, C_out]`` (summed over the workers) or None."""
+    dtype, C_out = k.dtype, geom.out_channels
+    go = grad_out.to(dtype).contiguous()
+    R = w.shape[1]
+    w_padded = w.new_zeros((C_out, -(-R // _FUSED_BLOCK) * _FUSED_BLOCK))
+    w_padded[:, :R] = w
+    chunks = _fused_chunks(k)
+    X_buffer, _ = _buffers(geom, dtype, grad_out.device, chunks[0][1], columns=False)
+    parts = len(_deform_cpp.row_ranges(chunks[0][1] * geom.out_h))
+    gX_buffers = X_buffer.new_empty((parts, *X_buffer.shape)) if gi is not None else None
+    gwt = X_buffer.new_zeros((parts, R, C_out)) if need_weight else None
+    for s, e in chunks:
+        b = e - s
+        k.start_chunk(s, e, X_buffer)
+        gX = gX_buffers[:len(k.ranges), :b] if gi is not None else None
+        head = (k.X.data_ptr(), k.off_ptr, k.mask_ptr, w_padded.data_ptr(), go[s:e].data_ptr())
+        tail = (None if go_off is None else go_off[s:e].data_ptr(), None if go_mask is None else go_mask[s:e].data_ptr())
+
+        def zero(i: int, gX: Tensor | None = gX) -> None:
+            if gX is not None:
+                ctypes.memset(gX[i].data_ptr(), 0, gX[i].numel() * gX.element_size())
+
+        def work(i: int, a: int, z: int, gX: Tensor | None = gX, head: tuple = head, tail: tuple = tail) -> None:
+            k.fused_backward(*head, None if gX is None else gX[i].data_ptr(), *tail,
+                             None if gwt is None else gwt[i].data_ptr(), k.geo.data_ptr(), C_out, a, z)
+
+        _deform_cpp.run_rows(work, b * geom.out_h, prepare=zero)
+        if gi is not None:
+            k.unpad_sum(gX, gi[s:e])
+    return None if gwt is None else gwt.sum(0)
+
+
 def _native_forward(input, offset, mask, weight, bias, geom: _Geometry) -> Tensor:
     """Forward pass with the C++ kernels: per chunk, the padded input, the columns (one fused
     sampling pass) and the weight product."""
     out = input.new_empty((geom.batch, geom.out_channels, geom.out_h, geom.out_w))
     k = _Kernels(input, offset, mask, geom)
     if not k.chunks:
+        return out
+    if _fused(geom):
+        _fused_forward(k, weight, geom, out)
+        if bias is not None:
+            out += bias.view(1, -1, 1, 1)
         return out
     w = _grouped_weight(weight, geom, k.dtype)
     L, C_out = geom.out_h * geom.out_w, geom.out_channels
@@ -817,7 +898,11 @@ def _native_backward(grad_out, input, offset, mask, weight, geom: _Geometry,
     go_mask = grad_mask if grad_mask is None or grad_mask.dtype == dtype else torch.empty_like(k.mask)
     w = _grouped_weight(weight, geom, dtype)
     grad_w = torch.zeros_like(w) if need_weight else None
-    if k.chunks and (need_input or need_offset or need_mask or need_weight):
+    if k.chunks and _fused(geom) and (need_input or need_offset or need_mask or need_weight):
+        gwt = _fused_backward(k, grad_out, w[0], geom, gi, go_off, go_mask, need_weight)
+        if need_weight:
+            grad_w = gwt.t().unsqueeze(0)
+    elif k.chunks and (need_input or need_offset or need_mask or need_weight):
         X_buffer, cols_buffer = _buffers(geom, dtype, input.device, k.chunks[0][1])
         parts = len(_deform_cpp.row_ranges(k.chunks[0][1] * geom.out_h))
         gX_buffers = X_buffer.new_empty((parts, *X_buffer.shape)) if need_input else None

@@ -16,6 +16,7 @@
 // corners lie in the padded map, so a point outside reads the zero border: torchvision's rule (zero
 // outside, each corner outside counts 0) without a bounds test. A NaN coordinate reads the border.
 // Compiled with -O3 -march=native -fopenmp-simd (the simd pragmas need no OpenMP runtime).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -89,6 +90,105 @@ struct RowPoints {
   }
 };
 
+// The column of output pixel (bi, wo) of the current row (its sampling points in pts): the values at its
+// G' x K points, Cs channels each, modulated, written to o [G', K, Cs]. CS > 0: Cs == CS known at compile
+// time (the channel loop unrolls into whole vectors), CS == 0: any Cs.
+template <typename T, int CS>
+inline void gather_pixel(const Geometry& g, const T* __restrict X, const RowPoints<T>& pts, int64_t bi, int64_t wo,
+                         T* __restrict o) {
+  const int64_t K = g.kh * g.kw, Gs = g.G * g.r, Cs = CS > 0 ? CS : g.Cs, Wp = g.W + 2 * PAD;
+  const int64_t P = (g.H + 2 * PAD) * Wp;
+  for (int64_t gi = 0; gi < g.G; ++gi) {
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t q = (gi * K + k) * g.Wo + wo;
+      const T ly = pts.ly[q], lx = pts.lx[q], m = pts.m[q];
+      const T w00 = (1 - ly) * (1 - lx) * m, w01 = (1 - ly) * lx * m;
+      const T w10 = ly * (1 - lx) * m, w11 = ly * lx * m;
+      for (int64_t ri = 0; ri < g.r; ++ri) {
+        const int64_t gs = gi * g.r + ri;
+        const T* a = X + ((bi * Gs + gs) * P + pts.pixel[q]) * Cs;
+        const T* c = a + Wp * Cs;
+        T* __restrict out = o + (gs * K + k) * Cs;
+#pragma omp simd
+        for (int64_t ch = 0; ch < Cs; ++ch) {
+          out[ch] = w00 * a[ch] + w01 * a[Cs + ch] + w10 * c[ch] + w11 * c[Cs + ch];
+        }
+      }
+    }
+  }
+}
+
+// The backward of gather_pixel for output pixel (bi, ho, wo): from its column gradient gpix [G', K, Cs], the
+// input gradient scattered into gX (null: not needed) and the offset and mask gradients of its points.
+template <typename T, int CS>
+inline void scatter_pixel(const Geometry& g, const T* __restrict X, const RowPoints<T>& pts, int64_t bi, int64_t ho,
+                          int64_t wo, const T* __restrict gpix, T* __restrict gX, T* grad_offset, T* grad_mask) {
+  const int64_t K = g.kh * g.kw, Gs = g.G * g.r, Cs = CS > 0 ? CS : g.Cs, Wp = g.W + 2 * PAD, L = g.Ho * g.Wo;
+  const int64_t P = (g.H + 2 * PAD) * Wp;
+  const bool coordinates = grad_offset != nullptr || grad_mask != nullptr;
+  for (int64_t gi = 0; gi < g.G; ++gi) {
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t q = (gi * K + k) * g.Wo + wo;
+      const T ly = pts.ly[q], lx = pts.lx[q], m = pts.m[q], hy = 1 - ly, hx = 1 - lx;
+      const T w00 = hy * hx * m, w01 = hy * lx * m, w10 = ly * hx * m, w11 = ly * lx * m;
+      T d00 = 0, d01 = 0, d10 = 0, d11 = 0;  // <grad column, corner value>, over the sub-groups
+      for (int64_t ri = 0; ri < g.r; ++ri) {
+        const int64_t gs = gi * g.r + ri;
+        const int64_t corner = (bi * Gs + gs) * P + pts.pixel[q];
+        const T* __restrict gc = gpix + (gs * K + k) * Cs;
+        if (coordinates) {
+          const T* a = X + corner * Cs;
+          const T* c = a + Wp * Cs;
+          T s00 = 0, s01 = 0, s10 = 0, s11 = 0;
+#pragma omp simd reduction(+ : s00, s01, s10, s11)
+          for (int64_t ch = 0; ch < Cs; ++ch) {
+            s00 += gc[ch] * a[ch];
+            s01 += gc[ch] * a[Cs + ch];
+            s10 += gc[ch] * c[ch];
+            s11 += gc[ch] * c[Cs + ch];
+          }
+          d00 += s00;
+          d01 += s01;
+          d10 += s10;
+          d11 += s11;
+        }
+        if (gX) {
+          T* __restrict a = gX + corner * Cs;
+          T* __restrict c = a + Wp * Cs;
+#pragma omp simd
+          for (int64_t ch = 0; ch < Cs; ++ch) {
+            const T v = gc[ch];
+            a[ch] += w00 * v;
+            a[Cs + ch] += w01 * v;
+            c[ch] += w10 * v;
+            c[Cs + ch] += w11 * v;
+          }
+        }
+      }
+      if (!coordinates) continue;
+      const int64_t at = ho * g.Wo + wo;
+      if (grad_offset) {
+        T* go = grad_offset + (bi * 2 * g.G * K + 2 * (gi * K + k)) * L + at;
+        go[0] = ((d10 - d00) * hx + (d11 - d01) * lx) * m;
+        go[L] = ((d01 - d00) * hy + (d11 - d10) * ly) * m;
+      }
+      if (grad_mask) {
+        grad_mask[(bi * g.G * K + gi * K + k) * L + at] = (d00 * hx + d01 * lx) * hy + (d10 * hx + d11 * lx) * ly;
+      }
+    }
+  }
+}
+
+template <typename T, int CS>
+void im2col_rows(const Geometry& g, const T* __restrict X, const T* offset, const T* mask, T* __restrict cols,
+                 RowPoints<T>& pts, int64_t start, int64_t end) {
+  const int64_t R = g.G * g.r * g.kh * g.kw * (CS > 0 ? CS : g.Cs);
+  for (int64_t row = start; row < end; ++row) {
+    pts.compute(g, offset, mask, row / g.Ho, row % g.Ho);
+    for (int64_t wo = 0; wo < g.Wo; ++wo) gather_pixel<T, CS>(g, X, pts, row / g.Ho, wo, cols + (row * g.Wo + wo) * R);
+  }
+}
+
 // cols for the output rows [start, end) of the chunk (row = bi * Ho + ho)
 template <typename T>
 void im2col(const T* __restrict X, const T* offset, const T* mask, T* __restrict cols, const int64_t* geo,
@@ -121,29 +221,18 @@ void im2col(const T* __restrict X, const T* offset, const T* mask, T* __restrict
     }
     return;
   }
+  im2col_rows<T, 0>(g, X, offset, mask, cols, pts, start, end);
+}
+
+template <typename T, int CS>
+void col2im_rows(const Geometry& g, const T* __restrict X, const T* offset, const T* mask, const T* __restrict gcols,
+                 T* __restrict gX, T* grad_offset, T* grad_mask, RowPoints<T>& pts, int64_t start, int64_t end) {
+  const int64_t R = g.G * g.r * g.kh * g.kw * (CS > 0 ? CS : g.Cs);
   for (int64_t row = start; row < end; ++row) {
     const int64_t bi = row / g.Ho, ho = row % g.Ho;
     pts.compute(g, offset, mask, bi, ho);
     for (int64_t wo = 0; wo < g.Wo; ++wo) {
-      T* out_pixel = cols + ((row * g.Wo + wo) * Gs) * K * Cs;
-      for (int64_t gi = 0; gi < g.G; ++gi) {
-        for (int64_t k = 0; k < K; ++k) {
-          const int64_t q = (gi * K + k) * g.Wo + wo;
-          const T ly = pts.ly[q], lx = pts.lx[q], m = pts.m[q];
-          const T w00 = (1 - ly) * (1 - lx) * m, w01 = (1 - ly) * lx * m;
-          const T w10 = ly * (1 - lx) * m, w11 = ly * lx * m;
-          for (int64_t ri = 0; ri < g.r; ++ri) {
-            const int64_t gs = gi * g.r + ri;
-            const T* a = X + ((bi * Gs + gs) * P + pts.pixel[q]) * Cs;
-            const T* c = a + Wp * Cs;
-            T* __restrict o = out_pixel + (gs * K + k) * Cs;
-#pragma omp simd
-            for (int64_t ch = 0; ch < Cs; ++ch) {
-              o[ch] = w00 * a[ch] + w01 * a[Cs + ch] + w10 * c[ch] + w11 * c[Cs + ch];
-            }
-          }
-        }
-      }
+      scatter_pixel<T, CS>(g, X, pts, bi, ho, wo, gcols + (row * g.Wo + wo) * R, gX, grad_offset, grad_mask);
     }
   }
 }
@@ -158,7 +247,6 @@ void col2im_coordinates(const T* __restrict X, const T* offset, const T* mask, c
   const Geometry g(geo);
   const int64_t K = g.kh * g.kw, Gs = g.G * g.r, Cs = g.Cs, Wp = g.W + 2 * PAD, L = g.Ho * g.Wo;
   const int64_t P = (g.H + 2 * PAD) * Wp;
-  const bool coordinates = grad_offset != nullptr || grad_mask != nullptr;
   RowPoints<T> pts(g);
   if (Cs == 1 && g.r == 1) {  // one channel per offset group: the coordinate gradients vectorise along wo
     for (int64_t row = start; row < end; ++row) {
@@ -210,63 +298,299 @@ void col2im_coordinates(const T* __restrict X, const T* offset, const T* mask, c
     }
     return;
   }
+  col2im_rows<T, 0>(g, X, offset, mask, gcols, gX, grad_offset, grad_mask, pts, start, end);
+}
+
+// ---- Fused kernels for few output channels: no column buffer ----------------------------------------
+// With C_out small the weight product of a pixel is a few hundred FMAs on data already in L1, while the
+// column buffer costs a write and a read of 9 x C values per pixel through the caches: these kernels gather
+// the columns of PB pixels into a small local buffer and multiply them there (groups = 1). C_out = CO is a
+// compile-time constant so that the PB x CO accumulators stay in registers.
+//   Wt   [R, CO]    the weight, transposed (R = G' K Cs in the columns' order)
+//   W    [CO, Rp]   the weight, each row zero-padded to Rp = R rounded up to a multiple of VB
+//   out / go  the chunk's output / output gradient [b, CO, Ho, Wo] (contiguous)
+//   gWt  [R, CO]    this worker's weight-gradient accumulator (null: not needed)
+
+constexpr int64_t PB = 8;   // pixels per block
+constexpr int64_t VB = 16;  // column entries per block of the column gradient
+
+inline int64_t padded(int64_t R) { return (R + VB - 1) / VB * VB; }
+
+template <typename T, int CS, int CO>
+void fused_forward_rows(const Geometry& g, const T* __restrict X, const T* offset, const T* mask,
+                        const T* __restrict Wt, T* __restrict out, RowPoints<T>& pts, int64_t start, int64_t end) {
+  const int64_t R = g.G * g.r * g.kh * g.kw * (CS > 0 ? CS : g.Cs), L = g.Ho * g.Wo;
+  std::vector<T> v(static_cast<size_t>(PB * R), T(0)), rowbuf(static_cast<size_t>(CO * g.Wo));
   for (int64_t row = start; row < end; ++row) {
     const int64_t bi = row / g.Ho, ho = row % g.Ho;
     pts.compute(g, offset, mask, bi, ho);
-    for (int64_t wo = 0; wo < g.Wo; ++wo) {
-      const T* grad_pixel = gcols + ((row * g.Wo + wo) * Gs) * K * Cs;
-      for (int64_t gi = 0; gi < g.G; ++gi) {
-        for (int64_t k = 0; k < K; ++k) {
-          const int64_t q = (gi * K + k) * g.Wo + wo;
-          const T ly = pts.ly[q], lx = pts.lx[q], m = pts.m[q], hy = 1 - ly, hx = 1 - lx;
-          const T w00 = hy * hx * m, w01 = hy * lx * m, w10 = ly * hx * m, w11 = ly * lx * m;
-          T d00 = 0, d01 = 0, d10 = 0, d11 = 0;  // <grad column, corner value>, over the sub-groups
-          for (int64_t ri = 0; ri < g.r; ++ri) {
-            const int64_t gs = gi * g.r + ri;
-            const int64_t corner = (bi * Gs + gs) * P + pts.pixel[q];
-            const T* __restrict gc = grad_pixel + (gs * K + k) * Cs;
-            if (coordinates) {
-              const T* a = X + corner * Cs;
-              const T* c = a + Wp * Cs;
-              T s00 = 0, s01 = 0, s10 = 0, s11 = 0;
-#pragma omp simd reduction(+ : s00, s01, s10, s11)
-              for (int64_t ch = 0; ch < Cs; ++ch) {
-                s00 += gc[ch] * a[ch];
-                s01 += gc[ch] * a[Cs + ch];
-                s10 += gc[ch] * c[ch];
-                s11 += gc[ch] * c[Cs + ch];
-              }
-              d00 += s00;
-              d01 += s01;
-              d10 += s10;
-              d11 += s11;
-            }
-            if (gX) {
-              T* __restrict a = gX + corner * Cs;
-              T* __restrict c = a + Wp * Cs;
+    for (int64_t w0 = 0; w0 < g.Wo; w0 += PB) {
+      const int64_t np = std::min(PB, g.Wo - w0);
+      for (int64_t p = 0; p < np; ++p) gather_pixel<T, CS>(g, X, pts, bi, w0 + p, v.data() + p * R);
+      T acc[PB][CO] = {};
+      for (int64_t r = 0; r < R; ++r) {
+        const T* __restrict wr = Wt + r * CO;
+        for (int64_t p = 0; p < PB; ++p) {
+          const T vp = v[p * R + r];
 #pragma omp simd
-              for (int64_t ch = 0; ch < Cs; ++ch) {
-                const T v = gc[ch];
-                a[ch] += w00 * v;
-                a[Cs + ch] += w01 * v;
-                c[ch] += w10 * v;
-                c[Cs + ch] += w11 * v;
-              }
+          for (int co = 0; co < CO; ++co) acc[p][co] += wr[co] * vp;
+        }
+      }
+      for (int64_t p = 0; p < np; ++p) {
+        for (int co = 0; co < CO; ++co) rowbuf[co * g.Wo + w0 + p] = acc[p][co];
+      }
+    }
+    for (int co = 0; co < CO; ++co) {
+      std::copy(rowbuf.data() + co * g.Wo, rowbuf.data() + (co + 1) * g.Wo, out + (bi * CO + co) * L + ho * g.Wo);
+    }
+  }
+}
+
+template <typename T, int CS, int CO>
+void fused_backward_rows(const Geometry& g, const T* __restrict X, const T* offset, const T* mask,
+                         const T* __restrict W, const T* __restrict go, T* __restrict gX, T* grad_offset,
+                         T* grad_mask, T* __restrict gWt, RowPoints<T>& pts, int64_t start, int64_t end) {
+  const int64_t R = g.G * g.r * g.kh * g.kw * (CS > 0 ? CS : g.Cs), Rp = padded(R), L = g.Ho * g.Wo;
+  const bool sampling = gX != nullptr || grad_offset != nullptr || grad_mask != nullptr;
+  std::vector<T> v(static_cast<size_t>(PB * R), T(0)), gv(static_cast<size_t>(PB * Rp), T(0));
+  std::vector<T> gorow(static_cast<size_t>((g.Wo + PB) * CO), T(0));
+  for (int64_t row = start; row < end; ++row) {
+    const int64_t bi = row / g.Ho, ho = row % g.Ho;
+    pts.compute(g, offset, mask, bi, ho);
+    for (int co = 0; co < CO; ++co) {  // go[bi, co, ho, :] -> [wo, co]
+      const T* __restrict src = go + (bi * CO + co) * L + ho * g.Wo;
+      for (int64_t wo = 0; wo < g.Wo; ++wo) gorow[wo * CO + co] = src[wo];
+    }
+    for (int64_t w0 = 0; w0 < g.Wo; w0 += PB) {
+      const int64_t np = std::min(PB, g.Wo - w0);
+      const T* __restrict gp = gorow.data() + w0 * CO;  // [PB, CO]; rows past np are stale, never stored
+      if (gWt) {  // grad_W^T += column (x) grad_out, over the block's pixels, PB rows of grad_W^T at a time
+        for (int64_t p = 0; p < np; ++p) gather_pixel<T, CS>(g, X, pts, bi, w0 + p, v.data() + p * R);
+        for (int64_t r0 = 0; r0 < R; r0 += PB) {
+          const int64_t nr = std::min(PB, R - r0);
+          T acc[PB][CO] = {};
+          for (int64_t p = 0; p < np; ++p) {
+            const T* __restrict vp = v.data() + p * R + r0;
+            for (int64_t rr = 0; rr < PB; ++rr) {
+              const T x = rr < nr ? vp[rr] : T(0);
+#pragma omp simd
+              for (int co = 0; co < CO; ++co) acc[rr][co] += gp[p * CO + co] * x;
             }
           }
-          if (!coordinates) continue;
-          const int64_t at = ho * g.Wo + wo;
-          if (grad_offset) {
-            T* go = grad_offset + (bi * 2 * g.G * K + 2 * (gi * K + k)) * L + at;
-            go[0] = ((d10 - d00) * hx + (d11 - d01) * lx) * m;
-            go[L] = ((d01 - d00) * hy + (d11 - d10) * ly) * m;
+          for (int64_t rr = 0; rr < nr; ++rr) {
+#pragma omp simd
+            for (int co = 0; co < CO; ++co) gWt[(r0 + rr) * CO + co] += acc[rr][co];
           }
-          if (grad_mask) {
-            grad_mask[(bi * g.G * K + gi * K + k) * L + at] = (d00 * hx + d01 * lx) * hy + (d10 * hx + d11 * lx) * ly;
+        }
+      }
+      if (!sampling) continue;
+      for (int64_t r0 = 0; r0 < Rp; r0 += VB) {  // the block's column gradients W^T grad_out, VB entries at a time
+        T acc[PB][VB] = {};
+        for (int co = 0; co < CO; ++co) {
+          const T* __restrict wr = W + co * Rp + r0;
+          for (int64_t p = 0; p < PB; ++p) {
+            const T gpc = gp[p * CO + co];
+#pragma omp simd
+            for (int64_t j = 0; j < VB; ++j) acc[p][j] += wr[j] * gpc;
+          }
+        }
+        for (int64_t p = 0; p < PB; ++p) {
+          for (int64_t j = 0; j < VB; ++j) gv[p * Rp + r0 + j] = acc[p][j];
+        }
+      }
+      for (int64_t p = 0; p < np; ++p) {
+        scatter_pixel<T, CS>(g, X, pts, bi, ho, w0 + p, gv.data() + p * Rp, gX, grad_offset, grad_mask);
+      }
+    }
+  }
+}
+
+// The sampled, modulated values v[q, wo] (q = gi K + k) of one output row, one channel per offset group; Xb:
+// the image's padded maps [G, Hp, Wp].
+template <typename T>
+void single_values(const Geometry& g, const T* __restrict Xb, const RowPoints<T>& pts, T* __restrict v) {
+  const int64_t K = g.kh * g.kw, Wp = g.W + 2 * PAD, P = (g.H + 2 * PAD) * Wp;
+  for (int64_t gi = 0; gi < g.G; ++gi) {
+    const T* Xg = Xb + gi * P;
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t q0 = (gi * K + k) * g.Wo;
+      const int32_t* px = pts.pixel.data() + q0;
+      const T *fy = pts.ly.data() + q0, *fx = pts.lx.data() + q0, *fm = pts.m.data() + q0;
+      T* __restrict o = v + q0;
+#pragma omp simd
+      for (int64_t wo = 0; wo < g.Wo; ++wo) {
+        const int64_t p = px[wo];
+        const T ly = fy[wo], lx = fx[wo];
+        o[wo] = fm[wo] * ((1 - ly) * ((1 - lx) * Xg[p] + lx * Xg[p + 1]) + ly * ((1 - lx) * Xg[p + Wp] + lx * Xg[p + Wp + 1]));
+      }
+    }
+  }
+}
+
+// One channel per offset group (a grayscale first layer): R = G K values per pixel, so the row's sampled values
+// v[q, wo] and every product are vectorised along the output row instead (any C_out).
+template <typename T>
+void fused_forward_single(const Geometry& g, const T* __restrict X, const T* offset, const T* mask,
+                          const T* __restrict Wt, T* __restrict out, int64_t C_out, RowPoints<T>& pts, int64_t start,
+                          int64_t end) {
+  const int64_t K = g.kh * g.kw, R = g.G * K, Wp = g.W + 2 * PAD, P = (g.H + 2 * PAD) * Wp, L = g.Ho * g.Wo;
+  std::vector<T> v(static_cast<size_t>(R * g.Wo));
+  for (int64_t row = start; row < end; ++row) {
+    const int64_t bi = row / g.Ho, ho = row % g.Ho;
+    pts.compute(g, offset, mask, bi, ho);
+    single_values(g, X + bi * g.G * P, pts, v.data());
+    for (int64_t co = 0; co < C_out; ++co) {
+      T* __restrict o = out + (bi * C_out + co) * L + ho * g.Wo;
+      for (int64_t wo = 0; wo < g.Wo; ++wo) o[wo] = 0;
+      for (int64_t q = 0; q < R; ++q) {
+        const T wq = Wt[q * C_out + co];
+        const T* __restrict vq = v.data() + q * g.Wo;
+#pragma omp simd
+        for (int64_t wo = 0; wo < g.Wo; ++wo) o[wo] += wq * vq[wo];
+      }
+    }
+  }
+}
+
+template <typename T>
+void fused_backward_single(const Geometry& g, const T* __restrict X, const T* offset, const T* mask,
+                           const T* __restrict W, const T* __restrict go, T* __restrict gX, T* grad_offset,
+                           T* grad_mask, T* __restrict gWt, int64_t C_out, RowPoints<T>& pts, int64_t start,
+                           int64_t end) {
+  const int64_t K = g.kh * g.kw, R = g.G * K, Rp = padded(R), Wp = g.W + 2 * PAD, P = (g.H + 2 * PAD) * Wp;
+  const int64_t L = g.Ho * g.Wo;
+  std::vector<T> v(static_cast<size_t>(R * g.Wo)), gv(static_cast<size_t>(R * g.Wo));
+  for (int64_t row = start; row < end; ++row) {
+    const int64_t bi = row / g.Ho, ho = row % g.Ho;
+    pts.compute(g, offset, mask, bi, ho);
+    const T* gorow = go + bi * C_out * L + ho * g.Wo;  // grad_out[bi, co, ho, :] at gorow + co * L
+    if (gWt) {  // grad_W[co, q] += <grad_out[co, :], v[q, :]> over the row
+      single_values(g, X + bi * g.G * P, pts, v.data());
+      for (int64_t q = 0; q < R; ++q) {
+        const T* __restrict vq = v.data() + q * g.Wo;
+        for (int64_t co = 0; co < C_out; ++co) {
+          const T* __restrict gc = gorow + co * L;
+          T sum = 0;
+#pragma omp simd reduction(+ : sum)
+          for (int64_t wo = 0; wo < g.Wo; ++wo) sum += gc[wo] * vq[wo];
+          gWt[q * C_out + co] += sum;
+        }
+      }
+    }
+    if (gX == nullptr && grad_offset == nullptr && grad_mask == nullptr) continue;
+    for (int64_t q = 0; q < R; ++q) {  // the column gradient gv[q, :] = sum_co W[co, q] grad_out[co, :]
+      T* __restrict gq = gv.data() + q * g.Wo;
+      for (int64_t wo = 0; wo < g.Wo; ++wo) gq[wo] = 0;
+      for (int64_t co = 0; co < C_out; ++co) {
+        const T wq = W[co * Rp + q];
+        const T* __restrict gc = gorow + co * L;
+#pragma omp simd
+        for (int64_t wo = 0; wo < g.Wo; ++wo) gq[wo] += wq * gc[wo];
+      }
+    }
+    for (int64_t gi = 0; gi < g.G; ++gi) {  // as col2im_coordinates' one-channel case, gv in place of gcols
+      const T* Xb = X + (bi * g.G + gi) * P;
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t q = gi * K + k, q0 = q * g.Wo;
+        const int32_t* px = pts.pixel.data() + q0;
+        const T *fy = pts.ly.data() + q0, *fx = pts.lx.data() + q0, *fm = pts.m.data() + q0;
+        const T* gc = gv.data() + q0;
+        if (grad_offset) {
+          T* goy = grad_offset + (bi * 2 * g.G * K + 2 * q) * L + ho * g.Wo;
+          T* gox = goy + L;
+#pragma omp simd
+          for (int64_t wo = 0; wo < g.Wo; ++wo) {
+            const int64_t p = px[wo];
+            const T val = gc[wo] * fm[wo], ly = fy[wo], lx = fx[wo];
+            const T a00 = Xb[p], a01 = Xb[p + 1], a10 = Xb[p + Wp], a11 = Xb[p + Wp + 1];
+            goy[wo] = val * ((a10 - a00) * (1 - lx) + (a11 - a01) * lx);
+            gox[wo] = val * ((a01 - a00) * (1 - ly) + (a11 - a10) * ly);
+          }
+        }
+        if (grad_mask) {
+          T* gm = grad_mask + (bi * g.G * K + q) * L + ho * g.Wo;
+#pragma omp simd
+          for (int64_t wo = 0; wo < g.Wo; ++wo) {
+            const int64_t p = px[wo];
+            const T ly = fy[wo], lx = fx[wo];
+            gm[wo] = gc[wo] * ((1 - ly) * ((1 - lx) * Xb[p] + lx * Xb[p + 1]) +
+                               ly * ((1 - lx) * Xb[p + Wp] + lx * Xb[p + Wp + 1]));
+          }
+        }
+        if (gX) {  // scattered: points may share corners
+          T* gXb = gX + (bi * g.G + gi) * P;
+          for (int64_t wo = 0; wo < g.Wo; ++wo) {
+            const int64_t p = px[wo];
+            const T val = gc[wo] * fm[wo], ly = fy[wo], lx = fx[wo];
+            gXb[p] += (1 - ly) * (1 - lx) * val;
+            gXb[p + 1] += (1 - ly) * lx * val;
+            gXb[p + Wp] += ly * (1 - lx) * val;
+            gXb[p + Wp + 1] += ly * lx * val;
           }
         }
       }
     }
+  }
+}
+
+template <typename T, int CS>
+bool fused_forward_co(const Geometry& g, const T* X, const T* offset, const T* mask, const T* Wt, T* out,
+                      int64_t C_out, RowPoints<T>& pts, int64_t start, int64_t end) {
+  switch (C_out) {
+    case 8: fused_forward_rows<T, CS, 8>(g, X, offset, mask, Wt, out, pts, start, end); return true;
+    case 16: fused_forward_rows<T, CS, 16>(g, X, offset, mask, Wt, out, pts, start, end); return true;
+    default: return false;
+  }
+}
+
+template <typename T, int CS>
+bool fused_backward_co(const Geometry& g, const T* X, const T* offset, const T* mask, const T* W, const T* go,
+                       T* gX, T* grad_offset, T* grad_mask, T* gWt, int64_t C_out, RowPoints<T>& pts, int64_t start,
+                       int64_t end) {
+  switch (C_out) {
+    case 8: fused_backward_rows<T, CS, 8>(g, X, offset, mask, W, go, gX, grad_offset, grad_mask, gWt, pts, start, end);
+      return true;
+    case 16: fused_backward_rows<T, CS, 16>(g, X, offset, mask, W, go, gX, grad_offset, grad_mask, gWt, pts, start,
+                                           end);
+      return true;
+    default: return false;
+  }
+}
+
+// Returns false (nothing done) for an output-channel count without a fused kernel: 8 and 16 have one, and any
+// count with one channel per offset group.
+template <typename T>
+bool fused_forward(const T* X, const T* offset, const T* mask, const T* Wt, T* out, const int64_t* geo,
+                   int64_t C_out, int64_t start, int64_t end) {
+  const Geometry g(geo);
+  RowPoints<T> pts(g);
+  if (g.Cs == 1 && g.r == 1) {
+    fused_forward_single<T>(g, X, offset, mask, Wt, out, C_out, pts, start, end);
+    return true;
+  }
+  switch (g.Cs) {
+    case 16: return fused_forward_co<T, 16>(g, X, offset, mask, Wt, out, C_out, pts, start, end);
+    case 32: return fused_forward_co<T, 32>(g, X, offset, mask, Wt, out, C_out, pts, start, end);
+    default: return fused_forward_co<T, 0>(g, X, offset, mask, Wt, out, C_out, pts, start, end);
+  }
+}
+
+template <typename T>
+bool fused_backward(const T* X, const T* offset, const T* mask, const T* W, const T* go, T* gX, T* grad_offset,
+                    T* grad_mask, T* gWt, const int64_t* geo, int64_t C_out, int64_t start, int64_t end) {
+  const Geometry g(geo);
+  RowPoints<T> pts(g);
+  if (g.Cs == 1 && g.r == 1) {
+    fused_backward_single<T>(g, X, offset, mask, W, go, gX, grad_offset, grad_mask, gWt, C_out, pts, start, end);
+    return true;
+  }
+  switch (g.Cs) {
+    case 16: return fused_backward_co<T, 16>(g, X, offset, mask, W, go, gX, grad_offset, grad_mask, gWt, C_out, pts,
+                                             start, end);
+    case 32: return fused_backward_co<T, 32>(g, X, offset, mask, W, go, gX, grad_offset, grad_mask, gWt, C_out, pts,
+                                             start, end);
+    default: return fused_backward_co<T, 0>(g, X, offset, mask, W, go, gX, grad_offset, grad_mask, gWt, C_out, pts,
+                                            start, end);
   }
 }
 
@@ -361,6 +685,28 @@ void vislab_deform_col2im_f64(const double* X, const double* offset, const doubl
   col2im_coordinates<double>(X, offset, mask, gcols, gX, grad_offset, grad_mask, geo, start, end);
 }
 
-int vislab_deform_abi_version() { return 3; }
+int vislab_deform_fused_forward_f32(const float* X, const float* offset, const float* mask, const float* Wt,
+                                    float* out, const int64_t* geo, int64_t C_out, int64_t start, int64_t end) {
+  return fused_forward<float>(X, offset, mask, Wt, out, geo, C_out, start, end);
+}
+
+int vislab_deform_fused_forward_f64(const double* X, const double* offset, const double* mask, const double* Wt,
+                                    double* out, const int64_t* geo, int64_t C_out, int64_t start, int64_t end) {
+  return fused_forward<double>(X, offset, mask, Wt, out, geo, C_out, start, end);
+}
+
+int vislab_deform_fused_backward_f32(const float* X, const float* offset, const float* mask, const float* W,
+                                     const float* go, float* gX, float* grad_offset, float* grad_mask, float* gWt,
+                                     const int64_t* geo, int64_t C_out, int64_t start, int64_t end) {
+  return fused_backward<float>(X, offset, mask, W, go, gX, grad_offset, grad_mask, gWt, geo, C_out, start, end);
+}
+
+int vislab_deform_fused_backward_f64(const double* X, const double* offset, const double* mask, const double* W,
+                                     const double* go, double* gX, double* grad_offset, double* grad_mask,
+                                     double* gWt, const int64_t* geo, int64_t C_out, int64_t start, int64_t end) {
+  return fused_backward<double>(X, offset, mask, W, go, gX, grad_offset, grad_mask, gWt, geo, C_out, start, end);
+}
+
+int vislab_deform_abi_version() { return 4; }
 
 }  // extern "C"

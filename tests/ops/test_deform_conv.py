@@ -28,10 +28,10 @@ IMPLEMENTATIONS = {
 
 @pytest.fixture(autouse=True)
 def _cpp_kernel_or_skip(request):
-    """The "fast-cpp" cases need the compiled kernel; on a machine without a C++ compiler they are skipped
-    with the reason (the other implementations, the fallback among them, still run)."""
+    """The "fast-cpp" cases and the fused kernels' tests need the compiled kernel; on a machine without a C++
+    compiler they are skipped with the reason (the other implementations, the fallback among them, still run)."""
     params = getattr(getattr(request.node, "callspec", None), "params", {})
-    if params.get("impl") == "fast-cpp" and dc._deform_cpp.library() is None:
+    if (params.get("impl") == "fast-cpp" or "fused" in request.node.name) and dc._deform_cpp.library() is None:
         pytest.skip(f"the C++ kernel is not available: {dc._deform_cpp.reason()}")
 
 

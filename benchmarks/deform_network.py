@@ -95,9 +95,10 @@ def layer_times(cfg: DeformVsConvConfig, repeats: int) -> list[dict]:
         offset = (0.5 * torch.randn(b, 18, size, size, generator=g)).requires_grad_()
         mask = torch.rand(b, 9, size, size, generator=g).requires_grad_()
         r = {"layer": f"{c_in}→{c_out} {size}×{size}",
-             "conv": best_ms(lambda: F.conv2d(x, w, padding=1).sum().backward(), repeats),
-             "offset_conv": best_ms(lambda: F.conv2d(x, w_off, padding=1).sum().backward(), repeats),
-             "deform": best_ms(lambda: deform_conv2d(x, offset, w, padding=1, mask=mask).sum().backward(), repeats)}
+             "conv": best_ms(lambda x=x, w=w: F.conv2d(x, w, padding=1).sum().backward(), repeats),
+             "offset_conv": best_ms(lambda x=x, w=w_off: F.conv2d(x, w, padding=1).sum().backward(), repeats),
+             "deform": best_ms(lambda x=x, o=offset, w=w, m=mask: deform_conv2d(x, o, w, padding=1, mask=m).sum()
+                               .backward(), repeats)}
         rows.append(r)
         print(f"{r['layer']:16s} conv {r['conv']:7.1f}  offset conv {r['offset_conv']:7.1f}  deform op "
               f"{r['deform']:7.1f} ms", flush=True)

@@ -807,7 +807,7 @@ def _fused_forward(k: _Kernels, weight: Tensor, geom: _Geometry, out: Tensor) ->
         k.start_chunk(s, e, X_buffer)
         args = (k.X.data_ptr(), k.off_ptr, k.mask_ptr, wt.data_ptr(), res[s:e].data_ptr(), k.geo.data_ptr(),
                 geom.out_channels)
-        _deform_cpp.run_rows(lambda w, a, z: k.fused_forward(*args, a, z), (e - s) * geom.out_h)
+        _deform_cpp.run_rows(lambda w, a, z, args=args: k.fused_forward(*args, a, z), (e - s) * geom.out_h)
     if res is not out:
         out.copy_(res)
 
@@ -831,7 +831,8 @@ def _fused_backward(k: _Kernels, grad_out: Tensor, w: Tensor, geom: _Geometry, g
         k.start_chunk(s, e, X_buffer)
         gX = gX_buffers[:len(k.ranges), :b] if gi is not None else None
         head = (k.X.data_ptr(), k.off_ptr, k.mask_ptr, w_padded.data_ptr(), go[s:e].data_ptr())
-        tail = (None if go_off is None else go_off[s:e].data_ptr(), None if go_mask is None else go_mask[s:e].data_ptr())
+        tail = (None if go_off is None else go_off[s:e].data_ptr(),
+                None if go_mask is None else go_mask[s:e].data_ptr())
 
         def zero(i: int, gX: Tensor | None = gX) -> None:
             if gX is not None:

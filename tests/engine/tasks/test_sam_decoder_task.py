@@ -70,7 +70,8 @@ def test_click_rounds_set_how_many_error_clicks_come_before_the_loss(batch, roun
     task = SamDecoderTask(model.decoder, prompts="mixed", click_rounds=rounds).train()
     seen = []
     decode = model.decoder.decode
-    monkeypatch.setattr(model.decoder, "decode", lambda *a, **kw: seen.append(kw["points"].shape[1]) or decode(*a, **kw))
+    monkeypatch.setattr(model.decoder, "decode",
+                        lambda *a, **kw: seen.append(kw["points"].shape[1]) or decode(*a, **kw))
     task.sampled_logits(feats, boxes, masks, ids)
     assert seen == list(range(1, rounds[0] + 2))
     with pytest.raises(ValueError, match="click_rounds must be"):

@@ -169,13 +169,22 @@ def run(tasks: list) -> None:
             f.result()
 
 
+def piece_bounds(rows: int, pieces_per_worker: int = 4) -> list[int]:
+    """The boundaries of the pieces :func:`run_rows` splits ``[0, rows)`` into (the same for every call with
+    the same ``rows`` and thread count: a caller can keep one partial result per piece, summed in piece
+    order, so that the dynamic scheduling never changes a floating-point result)."""
+    pieces = max(1, min(rows, len(row_ranges(rows)) * pieces_per_worker))
+    return [rows * i // pieces for i in range(pieces + 1)]
+
+
 def run_rows(work, rows: int, prepare=None, pieces_per_worker: int = 4) -> None:  # noqa: ANN001
-    """``work(worker, start, end)`` over ``[0, rows)``, by ``len(row_ranges(rows))`` workers that pull
-    small ranges from a shared counter (dynamic scheduling: a worker whose core is busy elsewhere
-    takes fewer pieces, the others more). ``prepare(worker)`` runs first in each worker."""
+    """``work(worker, start, end)`` over the pieces of ``[0, rows)`` (:func:`piece_bounds`), by
+    ``len(row_ranges(rows))`` workers that pull pieces from a shared counter (dynamic scheduling: a worker
+    whose core is busy elsewhere takes fewer pieces, the others more). ``prepare(worker)`` runs first in each
+    worker."""
     workers = len(row_ranges(rows))
-    pieces = max(1, min(rows, workers * pieces_per_worker))
-    bounds = [rows * i // pieces for i in range(pieces + 1)]
+    bounds = piece_bounds(rows, pieces_per_worker)
+    pieces = len(bounds) - 1
     counter = iter(range(pieces))
     lock = threading.Lock()
 

@@ -825,7 +825,10 @@ def _fused_backward(k: _Kernels, grad_out: Tensor, w: Tensor, geom: _Geometry, g
     X_buffer, _ = _buffers(geom, dtype, grad_out.device, chunks[0][1], columns=False)
     parts = len(_deform_cpp.row_ranges(chunks[0][1] * geom.out_h))
     gX_buffers = X_buffer.new_empty((parts, *X_buffer.shape)) if gi is not None else None
-    gwt = X_buffer.new_zeros((parts, R, C_out)) if need_weight else None
+    # the weight gradient is accumulated per piece of rows, not per worker, and summed in piece order: which
+    # worker takes which piece varies from call to call, the result must not
+    pieces = len(_deform_cpp.piece_bounds(chunks[0][1] * geom.out_h)) - 1
+    gwt = X_buffer.new_zeros((pieces, R, C_out)) if need_weight else None
     for s, e in chunks:
         b = e - s
         k.start_chunk(s, e, X_buffer)
@@ -838,9 +841,12 @@ def _fused_backward(k: _Kernels, grad_out: Tensor, w: Tensor, geom: _Geometry, g
             if gX is not None:
                 ctypes.memset(gX[i].data_ptr(), 0, gX[i].numel() * gX.element_size())
 
-        def work(i: int, a: int, z: int, gX: Tensor | None = gX, head: tuple = head, tail: tuple = tail) -> None:
+        piece = {a: j for j, a in enumerate(_deform_cpp.piece_bounds(b * geom.out_h)[:-1])}
+
+        def work(i: int, a: int, z: int, gX: Tensor | None = gX, head: tuple = head, tail: tuple = tail,
+                 piece: dict = piece) -> None:
             k.fused_backward(*head, None if gX is None else gX[i].data_ptr(), *tail,
-                             None if gwt is None else gwt[i].data_ptr(), k.geo.data_ptr(), C_out, a, z)
+                             None if gwt is None else gwt[piece[a]].data_ptr(), k.geo.data_ptr(), C_out, a, z)
 
         _deform_cpp.run_rows(work, b * geom.out_h, prepare=zero)
         if gi is not None:

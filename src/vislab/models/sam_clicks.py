@@ -473,8 +473,8 @@ def _sample_pixels(where: Tensor, k: int, generator: torch.Generator | None) -> 
 
 def sample_prompts(masks: Tensor, kind: str = "mixed", *, generator: torch.Generator | None = None,
                    max_shift: float = 0.0, max_pos: int = 3, max_neg: int = 2, neg_margin: float = 0.1,
-                   click_rounds: tuple[int, int] = (1, 8), p_kinds: tuple[float, float, float] = (0.4, 0.3, 0.3)
-                   ) -> PromptBatch:
+                   click_rounds: tuple[int, int] = (1, 8), p_kinds: tuple[float, float, float] = (0.4, 0.3, 0.3),
+                   box_first: float = 0.5) -> PromptBatch:
     """Prompts for a batch of ground-truth masks ``Tensor[B, H, W]``, one kind for the whole batch (SAM's prompt
     tokens must line up across a batch: a batch holds boxes, or points, not both).
 
@@ -485,9 +485,10 @@ def sample_prompts(masks: Tensor, kind: str = "mixed", *, generator: torch.Gener
       (anywhere in the background when that ring is empty), padded with label -1 to the batch's longest
       (SAM-Med2D's positive/negative point sampling; SAM's first click is one uniform positive point).
     * ``"mixed"``: draws ``"box"``, ``"points"`` or ``"clicks"`` with probabilities ``p_kinds``; ``"clicks"``
-      starts from one uniform positive point and asks the training loop for ``click_rounds`` (uniform in the
-      inclusive range) error-click rounds (SAM's iterative training: a click from the error region, the
-      previous logits as mask prompt; see :func:`add_error_clicks`).
+      starts from the jittered box (probability ``box_first``) or one uniform positive point -- SAM's first
+      prompt, "a foreground point or bounding box with equal probability" -- and asks the training loop for
+      ``click_rounds`` (uniform in the inclusive range) error-click rounds (SAM's iterative training: a click
+      from the error region, the previous logits as mask prompt; see :func:`add_error_clicks`).
 
     Masks must be non-empty. The same generator state gives the same prompts.
     """
@@ -516,9 +517,15 @@ def sample_prompts(masks: Tensor, kind: str = "mixed", *, generator: torch.Gener
         lo, hi = click_rounds
         if not 0 <= lo <= hi:
             raise ValueError(f"click_rounds must be (lo, hi) with 0 <= lo <= hi, got {click_rounds}")
+        if not 0.0 <= box_first <= 1.0:
+            raise ValueError(f"box_first must be a probability in [0, 1], got {box_first}")
+        rounds = _randint(lo, hi, generator)
+        if float(torch.rand(1, generator=generator)) < box_first:
+            return PromptBatch("clicks", boxes=jitter_boxes(tight, image_size=(h, w), max_shift=max_shift,
+                                                            generator=generator), click_rounds=rounds)
         pts = torch.stack([_sample_pixels(m[i], 1, generator) for i in range(b)])  # (B, 1, 2)
         return PromptBatch("clicks", points=pts, point_labels=torch.ones(b, 1, dtype=torch.long),
-                           click_rounds=_randint(lo, hi, generator))
+                           click_rounds=rounds)
     per: list[tuple[Tensor, Tensor]] = []
     for i in range(b):
         n_pos, n_neg = _randint(1, max_pos, generator), _randint(0, max_neg, generator)

@@ -66,16 +66,49 @@ def test_click_rounds_set_how_many_error_clicks_come_before_the_loss(batch, roun
 
     model, feats, boxes, masks, ids = batch
     real = clicks.sample_prompts
-    monkeypatch.setattr(clicks, "sample_prompts", lambda m, kind, **kw: real(m, kind, **{**kw, "p_kinds": (0, 0, 1)}))
+    monkeypatch.setattr(clicks, "sample_prompts", lambda m, kind, **kw: real(m, kind, **{**kw, "p_kinds": (0, 0, 1),
+                                                                                         "box_first": 0.0}))
     task = SamDecoderTask(model.decoder, prompts="mixed", click_rounds=rounds).train()
     seen = []
     decode = model.decoder.decode
     monkeypatch.setattr(model.decoder, "decode",
                         lambda *a, **kw: seen.append(kw["points"].shape[1]) or decode(*a, **kw))
-    task.sampled_logits(feats, boxes, masks, ids)
+    preds = task.supervised_logits(feats, boxes, masks, ids)
     assert seen == list(range(1, rounds[0] + 2))
+    # the loss sees the first click's prediction (with gradients) and the last round's
+    assert len(preds) == (1 if rounds[0] == 0 else 2) and all(p.requires_grad for p in preds)
     with pytest.raises(ValueError, match="click_rounds must be"):
         SamDecoderTask(model.decoder, prompts="mixed", click_rounds=(3, 1))
+
+
+def test_click_rounds_can_start_from_the_box(batch, monkeypatch):
+    """SAM's first prompt is a box or a point with equal probability: box-first rounds keep the (jittered) box in
+    every round and add the error clicks to it; the loss sees the box alone and the last round."""
+    import vislab.models.sam_clicks as clicks
+
+    model, feats, boxes, masks, ids = batch
+    real = clicks.sample_prompts
+    monkeypatch.setattr(clicks, "sample_prompts", lambda m, kind, **kw: real(m, kind, **{**kw, "p_kinds": (0, 0, 1),
+                                                                                         "box_first": 1.0}))
+    task = SamDecoderTask(model.decoder, prompts="mixed", click_rounds=(3, 3)).train()
+    seen = []
+    decode = model.decoder.decode
+
+    def spy(features, boxes=None, **kw):
+        seen.append((boxes is not None, None if kw.get("points") is None else kw["points"].shape[1]))
+        return decode(features, boxes, **kw)
+
+    monkeypatch.setattr(model.decoder, "decode", spy)
+    preds = task.supervised_logits(feats, boxes, masks, ids)
+    assert seen == [(True, None), (True, 1), (True, 2), (True, 3)]
+    with torch.no_grad():  # jitter 0: the first prediction is the tight box's alone
+        torch.testing.assert_close(preds[0], model.decoder(feats, boxes), atol=1e-5, rtol=1e-5)
+    loss, _, _ = task.compute_loss((feats, boxes, masks, ids))
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.decoder.mask_decoder.parameters())
+    model.decoder.zero_grad(set_to_none=True)
+    with pytest.raises(ValueError, match="box_first must be"):
+        real(masks[:, 0] > 0.5, "mixed", p_kinds=(0, 0, 1), box_first=1.5)
 
 
 def test_eval_prompt_point_uses_the_deepest_pixel(batch):

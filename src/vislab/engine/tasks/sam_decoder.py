@@ -104,9 +104,16 @@ class SamDecoderTask(TaskModule):
                                                                       device=feats.device))
 
     def sampled_logits(self, feats: Tensor, boxes: Tensor, masks: Tensor, ids: Tensor) -> Tensor:
-        """Training logits for prompts drawn by :func:`~vislab.models.sam_clicks.sample_prompts`; for click
-        prompts, ``click_rounds`` rounds of error clicks run without gradients first, each passing the previous
-        low-resolution logits as the mask prompt (SAM's iterative training); the loss sees the last round."""
+        """The last training logits of :meth:`supervised_logits` (the prediction after every click round)."""
+        return self.supervised_logits(feats, boxes, masks, ids)[-1]
+
+    def supervised_logits(self, feats: Tensor, boxes: Tensor, masks: Tensor, ids: Tensor) -> list[Tensor]:
+        """Training logits for prompts drawn by :func:`~vislab.models.sam_clicks.sample_prompts`, each of which
+        the loss sees. For click prompts (a box or one point first, then ``click_rounds`` rounds of error
+        clicks, each passing the previous low-resolution logits as the mask prompt: SAM's iterative training)
+        two predictions: the first prompt's alone and the last round's; the rounds between run without
+        gradients. (SAM puts the loss on every round; the first and the last keep the prompt-alone prediction
+        trained at a third of the cost.)"""
         from vislab.models.sam_clicks import add_error_clicks, sample_prompts
 
         state = np.random.SeedSequence([self.seed, int(self.current_epoch), *ids.cpu().tolist()[:8]])
@@ -114,24 +121,34 @@ class SamDecoderTask(TaskModule):
         target = masks[:, 0].cpu() > 0.5  # (B, S, S)
         pb = sample_prompts(target, self.prompts, generator=gen, max_shift=self.jitter, click_rounds=self.click_rounds)
         if pb.kind == "box":
-            return self.model(feats, boxes)
+            return [self.model(feats, boxes)]
         dev = feats.device
+
+        def prompt(pb: Any) -> dict[str, Any]:
+            return {"boxes": None if pb.boxes is None else pb.boxes.to(dev),
+                    "points": None if pb.points is None else pb.points.to(dev),
+                    "point_labels": None if pb.point_labels is None else pb.point_labels.to(dev)}
+
+        out: list[Tensor] = []
         low = None
-        for _ in range(pb.click_rounds):
-            with torch.no_grad():
-                low = self.model.decode(feats, points=pb.points.to(dev), point_labels=pb.point_labels.to(dev),
-                                        boxes=None, mask_input=low)[0]  # (B, 1, 4h, 4w)
-                pred = self.model.upsample(low)[:, 0].cpu() > 0
-            pb = add_error_clicks(pb, target, pred, generator=gen)
-        return self.model(feats, points=pb.points.to(dev), point_labels=pb.point_labels.to(dev),
-                          mask_input=None if low is None else low.detach())
+        for r in range(pb.click_rounds):
+            with torch.set_grad_enabled(r == 0 and torch.is_grad_enabled()):
+                low = self.model.decode(feats, **prompt(pb), mask_input=low)[0]  # (B, 1, 4h, 4w)
+                up = self.model.upsample(low)
+            if r == 0:
+                out.append(up)
+            low = low.detach()
+            pb = add_error_clicks(pb, target, up.detach()[:, 0].cpu() > 0, generator=gen)
+        out.append(self.model(feats, **prompt(pb), mask_input=low))
+        return out
 
     def compute_loss(self, batch: Any) -> tuple[Tensor, Tensor, Tensor]:
         feats, boxes, masks, ids = batch
         if self.training:
-            logits = self.model(feats, boxes) if self.prompts == "box" else \
-                self.sampled_logits(feats, boxes, masks, ids)
-            loss = self.loss_fn(logits, masks)
+            preds = [self.model(feats, boxes)] if self.prompts == "box" else \
+                self.supervised_logits(feats, boxes, masks, ids)
+            loss = torch.stack([self.loss_fn(p, masks) for p in preds]).mean()
+            logits = preds[-1]
             with torch.no_grad():
                 return loss, _scores(logits, masks), ids
         losses, outs = [], []

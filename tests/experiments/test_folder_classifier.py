@@ -43,7 +43,7 @@ def test_end_to_end_embedded_small(tmp_path):
         assert len(row["deletion_auc"]["per_image"]) == 2 and len(row["pointing_game"]["per_image"]) == 2, m
         assert row["deletion_auc"]["ci95"][0] <= row["deletion_auc"]["mean"] <= row["deletion_auc"]["ci95"][1]
         assert set(row["pointing_game"]["per_image"]) <= {0.0, 1.0} and row["ms_per_image"] > 0
-        assert 0.0 <= row["sanity_passed"] <= 1.0
+        assert 0.0 <= row["sanity_passed"]["mean"] <= 1.0 and set(row["sanity_passed"]["per_image"]) <= {0.0, 1.0}
     report = (out / "report.md").read_text()
     assert "## Explanation methods compared" in report and "| `layercam` |" in report
     assert (out / "figures" / "explain_methods_small_cnn.png").exists()

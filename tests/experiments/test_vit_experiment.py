@@ -152,6 +152,7 @@ def test_cifar10_miniature_all_ten_classes(tmp_path):
     assert summary.claims == []  # both claims compare vit with small_cnn, which this run did not train
     rollout = summary["explanations"]["rows"]["vit"]["rollout"]  # no boxes: no pointing game
     assert "pointing_game" not in rollout and "insertion_auc" in rollout
+    assert len(rollout["insertion_auc"]["per_image"]) == summary["explanations"]["n_images"]  # for paired comparisons
     assert (out / "figures" / "attention_vit.png").exists()
 
 

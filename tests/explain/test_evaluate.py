@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vislab.explain.evaluate import BETTER, MEASURES, explanation_table, methods_figure, summarise
+from vislab.explain.evaluate import BETTER, MEASURES, explanation_table, methods_figure, summarise, summarise_intervals
 from vislab.models import create_model
 from vislab.models.vit import VisionTransformer
 
@@ -48,6 +48,14 @@ def test_table_on_a_small_cnn_with_boxes_and_masks():
     assert t2["methods"]["gradcam"]["sanity_correlation"] is None
     s = summarise(table)
     assert s["random"]["sanity_passed"] == 0.0 and set(MEASURES) <= set(s["gradcam"])
+    # the summaries' form: mean, interval and per-image values; what was not computed is left out
+    iv = summarise_intervals(table)
+    assert iv["random"]["sanity_passed"] == {"mean": 0.0, "ci95": [0.0, 0.0], "per_image": [0.0, 0.0, 0.0]}
+    dl = iv["gradcam"]["deletion_auc"]
+    assert dl["per_image"] == table["methods"]["gradcam"]["deletion_auc"]
+    assert dl["ci95"][0] <= dl["mean"] <= dl["ci95"][1]
+    assert iv["gradcam"]["ms_per_image"] == table["methods"]["gradcam"]["ms_per_image"]
+    assert "sanity_correlation" not in summarise_intervals(t2)["gradcam"]
     assert set(BETTER) == set(MEASURES)
 
 

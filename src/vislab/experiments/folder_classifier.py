@@ -37,7 +37,6 @@ from vislab.experiments.base import Experiment
 from vislab.explain.cams import CAM_METHODS
 from vislab.explain.gradcam import GradCAM, overlay, pointing_game
 from vislab.metrics.classification import classification_report
-from vislab.protocol import stats
 from vislab.protocol.claims import Claim
 from vislab.protocol.report import sig
 from vislab.protocol.results import VariantResult, format_interval
@@ -247,6 +246,8 @@ class FolderClassifier(Experiment):
     def summary_extra(self, ctx: RunContext, data: _Data, result: Any) -> dict[str, Any]:
         """``{"explanations": {variant: {"layer", "test_images", "seconds", "methods": {method: {measure: {"mean",
         "ci95", "per_image"}}}}}}``: every CAM method on a few test images (the first seed's models)."""
+        from vislab.explain.evaluate import summarise_intervals
+
         cfg: FolderClassifierConfig = ctx.cfg
         if not cfg.explain_images or not cfg.explain_methods:
             return {}
@@ -259,7 +260,7 @@ class FolderClassifier(Experiment):
             seconds = time.perf_counter() - t0
             r.state["explain"] = (table, idx)
             out[v] = {"layer": table["layer"], "test_images": idx, "seconds": seconds,
-                      "methods": {m: _measures(row) for m, row in table["methods"].items()}}
+                      "methods": summarise_intervals(table)}
             ctx.log(f"[{v}] {len(table['methods'])} explanation methods on {len(idx)} test images: {seconds:.1f} s")
         return {"explanations": out}
 
@@ -354,9 +355,9 @@ class FolderClassifier(Experiment):
                  "95 % t-interval over the images (few images: wide intervals).")
         for v, e in ex.items():
             measures = [k for k in MEASURES if any(m.get(k) is not None for m in e["methods"].values())]
-            rows = [[f"`{m}`", *[sig(row[k]) if k == "ms_per_image" else format_interval(row[k]) if row[k] else "—"
-                                 for k in measures],
-                     "—" if row["sanity_passed"] is None else f"{row['sanity_passed']:.0%}"]
+            rows = [[f"`{m}`", *[sig(row[k]) if k == "ms_per_image" else format_interval(row[k]) if row.get(k)
+                                 else "—" for k in measures],
+                     f"{row['sanity_passed']['mean']:.0%}" if row.get("sanity_passed") else "—"]
                     for m, row in e["methods"].items()]
             rep.table(["method", *[f"{metric_label(k)} ({BETTER[k]})" for k in measures], "sanity passed"], rows,
                       caption=f"{v}, layer `{e['layer']}`, {len(e['test_images'])} test images (seed "
@@ -390,19 +391,6 @@ def _explain(cfg: FolderClassifierConfig, r: VariantResult, data: _Data) -> tupl
     table = explanation_table(r.state["model"], r.extra["cam_layer"], cv["images"][pos], None, boxes,
                               methods=list(cfg.explain_methods), seed=cfg.seed)
     return table, idx
-
-
-def _measures(row: dict[str, Any]) -> dict[str, Any]:
-    """One method's row of ``explanation_table``: mean and 95 % t-interval over the images per measure."""
-    out: dict[str, Any] = {"ms_per_image": float(row["ms_per_image"])}
-    for k, v in row.items():
-        if k in ("ms_per_image", "sanity_passed"):
-            continue
-        s = None if v is None else stats.summarize([float(x) for x in v])
-        out[k] = None if s is None else {"mean": s["mean"], "ci95": s["ci95"], "per_image": s["per_seed"]}
-    passed = row.get("sanity_passed")
-    out["sanity_passed"] = None if passed is None else float(np.mean(passed))
-    return out
 
 
 def _default_cam_layer(variant: str) -> str | None:

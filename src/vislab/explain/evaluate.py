@@ -40,7 +40,7 @@ from vislab.explain.faithfulness import (
 from vislab.explain.gradcam import cam_peak, pointing_game
 
 __all__ = ["BETTER", "DEFAULT_CNN_METHODS", "DEFAULT_VIT_METHODS", "MEASURES", "explanation_table", "methods_figure",
-           "summarise"]
+           "summarise", "summarise_intervals"]
 
 MEASURES = ("pointing_game", "deletion_auc", "insertion_auc", "road", "sanity_correlation", "ms_per_image")
 BETTER = {"pointing_game": "higher", "deletion_auc": "lower", "insertion_auc": "higher", "road": "higher",
@@ -182,6 +182,25 @@ def summarise(table: dict[str, Any]) -> dict[str, dict[str, float | None]]:
         for k in (*MEASURES, "sanity_passed"):
             v = row[k]
             out[name][k] = None if v is None else (float(v) if np.isscalar(v) else float(np.mean(v)))
+    return out
+
+
+def summarise_intervals(table: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each method's row of :func:`explanation_table` as the run summaries keep it: per measure (and
+    ``sanity_passed`` as a 0/1 rate) the mean, the 95 % Student-t interval over the images and the per-image
+    values (``{"mean", "ci95", "per_image"}``; a measure the table could not compute is left out), and
+    ``ms_per_image`` as one number. The per-image values let two methods be compared pairwise over the same
+    images (:func:`vislab.protocol.stats.paired`)."""
+    from vislab.protocol import stats
+
+    out: dict[str, dict[str, Any]] = {}
+    for name, row in table["methods"].items():
+        entry: dict[str, Any] = {"ms_per_image": float(row["ms_per_image"])}
+        for k in (*MEASURES, "sanity_passed"):
+            if k != "ms_per_image" and row.get(k) is not None:
+                s = stats.summarize([float(x) for x in row[k]])
+                entry[k] = {"mean": s["mean"], "ci95": s["ci95"], "per_image": s["per_seed"]}
+        out[name] = entry
     return out
 
 

@@ -226,19 +226,11 @@ def cost_section(rep: Any, cost: Mapping[str, Any], path: str | Path) -> None:
 
 def explanation_summary(tables: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The summary's ``explanations`` block from ``{model: explanation_table(...)}``: per model and method, each
-    measure's mean and 95 % Student-t interval over the images (``ms_per_image``: one number)."""
-    from vislab.protocol import stats
+    measure's mean, 95 % Student-t interval and per-image values
+    (:func:`~vislab.explain.evaluate.summarise_intervals`; ``ms_per_image``: one number)."""
+    from vislab.explain.evaluate import summarise_intervals
 
-    rows: dict[str, Any] = {}
-    for v, table in tables.items():
-        rows[v] = {}
-        for name, row in table["methods"].items():
-            entry: dict[str, Any] = {"ms_per_image": float(row["ms_per_image"])}
-            for k in (*table["measures"], "sanity_passed"):
-                if k != "ms_per_image" and row.get(k) is not None:
-                    s = stats.summarize([float(x) for x in row[k]])
-                    entry[k] = {"mean": s["mean"], "ci95": s["ci95"]}
-            rows[v][name] = entry
+    rows = {v: summarise_intervals(table) for v, table in tables.items()}
     first = next(iter(tables.values()), {})
     return {"n_images": first.get("n_images"), "layers": {v: t["layer"] for v, t in tables.items()}, "rows": rows}
 

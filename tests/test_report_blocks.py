@@ -60,3 +60,15 @@ def test_curves_and_grid_write_pngs(tmp_path):
     image_grid_figure(rep, [np.zeros((8, 8, 3))] * 2, tmp_path / "g.png", titles=["x", "y"], caption="grid")
     assert [b.kind for b in rep.blocks] == ["figure", "figure"]
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "g.png").exists()
+
+
+def test_jpeg_figures_are_embedded_as_jpeg(tmp_path):
+    """A figure saved to a .jpg path is a JPEG (large photo grids), and the HTML report says so in its data URI."""
+    import numpy as np
+
+    rep = Report("t")
+    image_grid_figure(rep, [np.random.default_rng(0).random((32, 32, 3))] * 2, tmp_path / "g.jpg", caption="grid")
+    image_grid_figure(rep, [np.zeros((8, 8, 3))] * 2, tmp_path / "g.png", caption="grid")
+    assert (tmp_path / "g.jpg").read_bytes()[:3] == b"\xff\xd8\xff"
+    html = rep.to_html()
+    assert html.count("data:image/jpeg;base64,") == 1 and html.count("data:image/png;base64,") == 1

@@ -46,7 +46,7 @@ def test_end_to_end_embedded_small(tmp_path):
         assert 0.0 <= row["sanity_passed"]["mean"] <= 1.0 and set(row["sanity_passed"]["per_image"]) <= {0.0, 1.0}
     report = (out / "report.md").read_text()
     assert "## Explanation methods compared" in report and "| `layercam` |" in report
-    assert (out / "figures" / "explain_methods_small_cnn.png").exists()
+    assert (out / "figures" / "explain_methods_small_cnn.jpg").exists()
     assert summary["runs"]["small_cnn"]["test"] == run["test"]
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3 and "<img src=\"figures" not in html
@@ -75,7 +75,7 @@ def test_two_seeds_both_variants_claim_and_report(tmp_path):
     report = (out / "report.md").read_text()
     assert "## Claims checked" in report and "pretrained beats small_cnn on accuracy" in report
     assert (out / "figures" / "gradcam_pretrained.png").exists()
-    assert (out / "figures" / "explain_methods_pretrained.png").exists()  # the first seed's models only
+    assert (out / "figures" / "explain_methods_pretrained.jpg").exists()  # the first seed's models only
     assert set(summary["explanations"]) == {"small_cnn", "pretrained"}
     assert (out / "figures" / "confusion_small_cnn.png").exists()
 
@@ -89,7 +89,7 @@ def test_one_seed_claim_is_a_bootstrap_over_test_images(tmp_path):
                                                    "explain_images": 1, "explain_methods": ("gradcam", "random"),
                                                    "explain_variants": ("small_cnn",)}))
     assert set(summary["explanations"]) == {"small_cnn"}
-    assert not (out / "figures" / "explain_methods_pretrained.png").exists()
+    assert not (out / "figures" / "explain_methods_pretrained.jpg").exists()
     (claim,) = summary["claims"]
     assert "paired bootstrap over 5 test items" in claim["note"]
     acc = {v: summary["runs"][v]["test"]["accuracy"]["mean"] for v in ("pretrained", "small_cnn")}

@@ -98,9 +98,10 @@ def test_shapes_run_folder_summary_and_report(shapes_run):
             assert {"pointing_game", "deletion_auc", "insertion_auc", "road", "sanity_correlation"} <= set(m)
             assert 0 <= m["deletion_auc"]["mean"] <= 1 and m["ms_per_image"] > 0
     assert "Explanations: localisation and faithfulness" in md and "| small_cnn | gradcam (features.8) |" in md
-    assert (out / "figures" / "methods_vit.png").exists() and (out / "figures" / "methods_small_cnn.png").exists()
+    assert (out / "figures" / "methods_vit.jpg").exists() and (out / "figures" / "methods_small_cnn.jpg").exists()
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == N_FIGURES
+    assert html.count("data:image/png;base64,") + html.count("data:image/jpeg;base64,") == N_FIGURES
+    assert html.count("data:image/jpeg;base64,") == 2  # the every-method grids of photographs: JPEG
     assert "Ω(MSA) = 4hwC² + 2(hw)²C" in html and "patch shuffling" in html
     assert summary["runs"]["vit"]["test"] == saved["runs"]["vit"]["test"]
 

@@ -369,7 +369,7 @@ class FolderClassifier(Experiment):
             pos = [cv["index"].index(i) for i in idx]
             imgs = [denormalize(cv["images"][k], cv["mean"], cv["std"]).permute(1, 2, 0).numpy() for k in pos]
             titles = [f"{data.classes[data.items['test'][i][1]]} (test {i})" for i in idx]
-            path = methods_figure(imgs, table["cams"], ctx.run.figure(f"explain_methods_{v}.png"), row_titles=titles)
+            path = methods_figure(imgs, table["cams"], ctx.run.figure(f"explain_methods_{v}.jpg"), row_titles=titles)
             rep.figure(path, f"{v}: the same test images under every method (true class over each row).")
 
 

@@ -111,7 +111,8 @@ class Report:
             elif b.kind == "figure":
                 path, caption = b.data
                 data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-                parts.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+                mime = "jpeg" if Path(path).suffix.lower() in (".jpg", ".jpeg") else "png"
+                parts.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/{mime};base64,{data}">'
                              f"<figcaption>{_inline(caption)}</figcaption></figure>")
             elif b.kind == "code":
                 parts.append(f"<pre>{html.escape(b.data)}</pre>")

@@ -22,13 +22,18 @@ _COLORS = plt.get_cmap("tab10").colors
 
 
 def save_figure(fig: Any, path: str | Path) -> Path:
-    """Write a matplotlib figure as a PNG, atomically; close it; return the path."""
+    """Write a matplotlib figure atomically, close it, return the path: a PNG, or a JPEG (quality 90) when the
+    path ends in ``.jpg``/``.jpeg`` -- for large grids of photographs under heat maps, which PNG stores at
+    megabytes (the folder report's every-method figure: 5.5 MB as PNG at 12 images)."""
     import io
 
     from vislab.io.files import atomic_write_bytes
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    if Path(path).suffix.lower() in (".jpg", ".jpeg"):
+        fig.savefig(buf, format="jpeg", dpi=110, bbox_inches="tight", pil_kwargs={"quality": 90})
+    else:
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(Path(path), buf.getvalue())
     return Path(path)

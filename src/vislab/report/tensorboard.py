@@ -26,9 +26,12 @@ def _scalar_hparams(cfg: Any) -> dict[str, Any]:
     return out
 
 
+_IMAGES = (".png", ".jpg", ".jpeg")
+
+
 def log_report(run_dir: Path, summary: dict[str, Any], cfg: Any) -> Path:
-    """Write ``run_dir/tb/report``: every ``figures/*.png`` as an image (tag ``figures/NAME``) and one hparams
-    entry per trained variant (its name, the number of seeds, the config's scalar fields) with
+    """Write ``run_dir/tb/report``: every ``figures/*.png`` and ``*.jpg`` as an image (tag ``figures/NAME``) and one
+    hparams entry per trained variant (its name, the number of seeds, the config's scalar fields) with
     ``test/HEADLINE`` (the mean over seeds) and each other test metric. Returns the folder."""
     import numpy as np
     from PIL import Image
@@ -47,7 +50,7 @@ def log_report(run_dir: Path, summary: dict[str, Any], cfg: Any) -> Path:
             w.add_hparams({**hp, "variant": variant, "seeds": len(summary.get("seeds", []))},
                           {f"test/{key}": test.pop(f"test/{key}"), **test}, name=".")
     with SummaryWriter(str(out / "figures")) as w:
-        for png in sorted((Path(run_dir) / "figures").glob("*.png")):
+        for png in sorted(p for p in (Path(run_dir) / "figures").iterdir() if p.suffix.lower() in _IMAGES):
             with Image.open(png) as im:
                 w.add_image(f"figures/{png.stem}", np.asarray(im.convert("RGB")), dataformats="HWC")
     return out

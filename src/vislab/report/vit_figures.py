@@ -264,6 +264,6 @@ def explanations_section(rep: Any, expl: Mapping[str, Any], tables: Mapping[str,
     k = len(idx)
     for v, table in tables.items():
         cams = {name: c[:k] for name, c in table["cams"].items()}
-        fig = methods_figure(denormalize(images[idx]), cams, path(f"methods_{v}.png"),
+        fig = methods_figure(denormalize(images[idx]), cams, path(f"methods_{v}.jpg"),
                              row_titles=[classes[int(labels[i])] for i in idx])
         rep.figure(fig, f"`{v}`: the first {k} of these test images under every method (true class over the image).")

@@ -82,7 +82,15 @@ def test_pointing_game_follows_the_evidence():
     assert table["methods"]["layercam"]["pointing_game"] == [True, False]
 
 
-def test_table_on_a_vit_has_the_attention_methods():
+def test_table_on_a_vit_has_the_attention_methods(monkeypatch):
+    """The attention methods read every block, so their randomisation check runs down to the input; the CAMs'
+    down to the explained layer."""
+    import vislab.explain.evaluate as ev
+
+    seen = {}
+    real = ev.model_randomisation
+    monkeypatch.setattr(ev, "model_randomisation", lambda explain, m, *a, stages, **kw: seen.setdefault(
+        type(explain(m)).__name__, stages) and real(explain, m, *a, stages=stages, **kw))
     torch.manual_seed(0)
     vit = VisionTransformer(32, 8, 2, 2, 16, 32, num_classes=3).eval()
     torch.nn.init.normal_(vit.heads.head.weight)
@@ -92,6 +100,11 @@ def test_table_on_a_vit_has_the_attention_methods():
     assert table["layer"] == "encoder.layers.encoder_layer_1.ln_1"
     assert set(table["methods"]) == {"gradcam", "rollout", "gradattention"}
     assert len(table["methods"]["rollout"]["sanity_correlation"]) == 2
+    down_to = {k: v[-1][-1] for k, v in seen.items()}  # the last module re-initialised
+    assert down_to["GradCAM"].startswith("encoder.layers.encoder_layer_1.")
+    assert all("conv_proj" in sum(v, []) for k, v in seen.items() if k != "GradCAM")  # the patch embedding too
+    assert "conv_proj" not in sum(seen["GradCAM"], [])
+    assert len(seen) == 3
 
 
 def test_errors():

@@ -92,7 +92,9 @@ def explanation_table(model: nn.Module, layer: str | nn.Module | None, images: T
         perturbation, step: of the deletion and insertion curves (blur or mean; pixels per step).
         road_percentiles: ROAD's thresholds (combined LeRF/MoRF).
         sanity: run the cascading randomisation check (its cost is ``sanity_groups`` more calls per method);
-            the stages run from the head down to ``layer`` in ``sanity_groups`` groups.
+            for the CAM methods the stages run from the head down to ``layer`` in ``sanity_groups`` groups,
+            for the attention methods (which read every block) down to the input: a rollout that survives
+            only the last block's randomisation would otherwise pass as "independent of the weights".
         batch_size: forward passes per batch in the faithfulness measures.
         seed: seeds ROAD's imputation noise and the randomised weights.
 
@@ -130,6 +132,7 @@ def explanation_table(model: nn.Module, layer: str | nn.Module | None, images: T
     if t.numel() != len(images):
         raise ValueError(f"targets must have one class per image ({len(images)}), got {t.numel()}")
     stages = cascade_stages(model, layer_name, groups=sanity_groups) if sanity else None
+    whole = cascade_stages(model, None, groups=sanity_groups) if sanity else None  # attention methods
 
     def build(name: str, m: nn.Module) -> Any:
         return classes[name](m, layer, reshape_transform=reshape_transform, **method_kwargs.get(name, {}))
@@ -156,8 +159,8 @@ def explanation_table(model: nn.Module, layer: str | nn.Module | None, images: T
                 "sanity_correlation": None, "sanity_passed": None, "ms_per_image": ms,
             }
             if stages is not None:
-                check = model_randomisation(lambda m, n=name: build(n, m), model, images, t, stages=stages,
-                                            seed=seed)
+                check = model_randomisation(lambda m, n=name: build(n, m), model, images, t, seed=seed,
+                                            stages=stages if classes[name] in CAM_METHODS.values() else whole)
                 row["sanity_correlation"] = check.correlation[-1].tolist()
                 row["sanity_passed"] = check.passed.tolist()
             rows[name] = row

@@ -179,13 +179,13 @@ inline void scatter_pixel(const Geometry& g, const T* __restrict X, const RowPoi
   }
 }
 
-template <typename T, int CS>
+template <typename T>
 void im2col_rows(const Geometry& g, const T* __restrict X, const T* offset, const T* mask, T* __restrict cols,
                  RowPoints<T>& pts, int64_t start, int64_t end) {
-  const int64_t R = g.G * g.r * g.kh * g.kw * (CS > 0 ? CS : g.Cs);
+  const int64_t R = g.G * g.r * g.kh * g.kw * g.Cs;
   for (int64_t row = start; row < end; ++row) {
     pts.compute(g, offset, mask, row / g.Ho, row % g.Ho);
-    for (int64_t wo = 0; wo < g.Wo; ++wo) gather_pixel<T, CS>(g, X, pts, row / g.Ho, wo, cols + (row * g.Wo + wo) * R);
+    for (int64_t wo = 0; wo < g.Wo; ++wo) gather_pixel<T, 0>(g, X, pts, row / g.Ho, wo, cols + (row * g.Wo + wo) * R);
   }
 }
 
@@ -221,18 +221,71 @@ void im2col(const T* __restrict X, const T* offset, const T* mask, T* __restrict
     }
     return;
   }
-  im2col_rows<T, 0>(g, X, offset, mask, cols, pts, start, end);
+  im2col_rows<T>(g, X, offset, mask, cols, pts, start, end);
 }
 
-template <typename T, int CS>
+// The backward of one output row's sampling with one channel per offset group (the row's points in pts): from
+// the column gradient g(q, wo) = gcol[q * qs + wo * ws] (q = gi K + k), the offset and mask gradients of the
+// points and the input gradient scattered into gX (each null: not needed). Xb, gXb: the image's padded maps
+// [G, Hp, Wp]. WS1: ws == 1 (a contiguous row, vectorised as such).
+template <typename T, bool WS1>
+void single_scatter_row(const Geometry& g, const T* __restrict Xb, const RowPoints<T>& pts, int64_t bi, int64_t ho,
+                        const T* __restrict gcol, int64_t qs, int64_t ws, T* gXb, T* grad_offset, T* grad_mask) {
+  const int64_t K = g.kh * g.kw, Wp = g.W + 2 * PAD, P = (g.H + 2 * PAD) * Wp, L = g.Ho * g.Wo;
+  const int64_t step = WS1 ? 1 : ws;
+  for (int64_t gi = 0; gi < g.G; ++gi) {
+    const T* Xg = Xb + gi * P;
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t q = gi * K + k, q0 = q * g.Wo;
+      const int32_t* px = pts.pixel.data() + q0;
+      const T *fy = pts.ly.data() + q0, *fx = pts.lx.data() + q0, *fm = pts.m.data() + q0;
+      const T* gc = gcol + q * qs;
+      if (grad_offset) {
+        T* goy = grad_offset + (bi * 2 * g.G * K + 2 * q) * L + ho * g.Wo;
+        T* gox = goy + L;
+#pragma omp simd
+        for (int64_t wo = 0; wo < g.Wo; ++wo) {
+          const int64_t p = px[wo];
+          const T v = gc[wo * step] * fm[wo], ly = fy[wo], lx = fx[wo];
+          const T a00 = Xg[p], a01 = Xg[p + 1], a10 = Xg[p + Wp], a11 = Xg[p + Wp + 1];
+          goy[wo] = v * ((a10 - a00) * (1 - lx) + (a11 - a01) * lx);
+          gox[wo] = v * ((a01 - a00) * (1 - ly) + (a11 - a10) * ly);
+        }
+      }
+      if (grad_mask) {
+        T* gm = grad_mask + (bi * g.G * K + q) * L + ho * g.Wo;
+#pragma omp simd
+        for (int64_t wo = 0; wo < g.Wo; ++wo) {
+          const int64_t p = px[wo];
+          const T ly = fy[wo], lx = fx[wo];
+          gm[wo] = gc[wo * step] * ((1 - ly) * ((1 - lx) * Xg[p] + lx * Xg[p + 1]) +
+                                    ly * ((1 - lx) * Xg[p + Wp] + lx * Xg[p + Wp + 1]));
+        }
+      }
+      if (gXb) {  // scattered: points may share corners, so no vectorisation here
+        T* gXg = gXb + gi * P;
+        for (int64_t wo = 0; wo < g.Wo; ++wo) {
+          const int64_t p = px[wo];
+          const T v = gc[wo * step] * fm[wo], ly = fy[wo], lx = fx[wo];
+          gXg[p] += (1 - ly) * (1 - lx) * v;
+          gXg[p + 1] += (1 - ly) * lx * v;
+          gXg[p + Wp] += ly * (1 - lx) * v;
+          gXg[p + Wp + 1] += ly * lx * v;
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
 void col2im_rows(const Geometry& g, const T* __restrict X, const T* offset, const T* mask, const T* __restrict gcols,
                  T* __restrict gX, T* grad_offset, T* grad_mask, RowPoints<T>& pts, int64_t start, int64_t end) {
-  const int64_t R = g.G * g.r * g.kh * g.kw * (CS > 0 ? CS : g.Cs);
+  const int64_t R = g.G * g.r * g.kh * g.kw * g.Cs;
   for (int64_t row = start; row < end; ++row) {
     const int64_t bi = row / g.Ho, ho = row % g.Ho;
     pts.compute(g, offset, mask, bi, ho);
     for (int64_t wo = 0; wo < g.Wo; ++wo) {
-      scatter_pixel<T, CS>(g, X, pts, bi, ho, wo, gcols + (row * g.Wo + wo) * R, gX, grad_offset, grad_mask);
+      scatter_pixel<T, 0>(g, X, pts, bi, ho, wo, gcols + (row * g.Wo + wo) * R, gX, grad_offset, grad_mask);
     }
   }
 }
@@ -245,60 +298,19 @@ void col2im_coordinates(const T* __restrict X, const T* offset, const T* mask, c
                         T* __restrict gX, T* grad_offset, T* grad_mask, const int64_t* geo, int64_t start,
                         int64_t end) {
   const Geometry g(geo);
-  const int64_t K = g.kh * g.kw, Gs = g.G * g.r, Cs = g.Cs, Wp = g.W + 2 * PAD, L = g.Ho * g.Wo;
+  const int64_t K = g.kh * g.kw, Gs = g.G * g.r, Cs = g.Cs, Wp = g.W + 2 * PAD;
   const int64_t P = (g.H + 2 * PAD) * Wp;
   RowPoints<T> pts(g);
   if (Cs == 1 && g.r == 1) {  // one channel per offset group: the coordinate gradients vectorise along wo
     for (int64_t row = start; row < end; ++row) {
       const int64_t bi = row / g.Ho, ho = row % g.Ho;
       pts.compute(g, offset, mask, bi, ho);
-      const T* grad_row = gcols + row * g.Wo * Gs * K;
-      for (int64_t gi = 0; gi < g.G; ++gi) {
-        const T* Xb = X + (bi * Gs + gi) * P;
-        for (int64_t k = 0; k < K; ++k) {
-          const int64_t q0 = (gi * K + k) * g.Wo, step = Gs * K;
-          const int32_t* px = pts.pixel.data() + q0;
-          const T *fy = pts.ly.data() + q0, *fx = pts.lx.data() + q0, *fm = pts.m.data() + q0;
-          const T* gc = grad_row + gi * K + k;
-          if (grad_offset) {
-            T* goy = grad_offset + (bi * 2 * g.G * K + 2 * (gi * K + k)) * L + ho * g.Wo;
-            T* gox = goy + L;
-#pragma omp simd
-            for (int64_t wo = 0; wo < g.Wo; ++wo) {
-              const int64_t p = px[wo];
-              const T v = gc[wo * step] * fm[wo], ly = fy[wo], lx = fx[wo];
-              const T a00 = Xb[p], a01 = Xb[p + 1], a10 = Xb[p + Wp], a11 = Xb[p + Wp + 1];
-              goy[wo] = v * ((a10 - a00) * (1 - lx) + (a11 - a01) * lx);
-              gox[wo] = v * ((a01 - a00) * (1 - ly) + (a11 - a10) * ly);
-            }
-          }
-          if (grad_mask) {
-            T* gm = grad_mask + (bi * g.G * K + gi * K + k) * L + ho * g.Wo;
-#pragma omp simd
-            for (int64_t wo = 0; wo < g.Wo; ++wo) {
-              const int64_t p = px[wo];
-              const T ly = fy[wo], lx = fx[wo];
-              gm[wo] = gc[wo * step] * ((1 - ly) * ((1 - lx) * Xb[p] + lx * Xb[p + 1]) +
-                                        ly * ((1 - lx) * Xb[p + Wp] + lx * Xb[p + Wp + 1]));
-            }
-          }
-          if (gX) {  // scattered: points may share corners, so no vectorisation here
-            T* gXb = gX + (bi * Gs + gi) * P;
-            for (int64_t wo = 0; wo < g.Wo; ++wo) {
-              const int64_t p = px[wo];
-              const T v = gc[wo * step] * fm[wo], ly = fy[wo], lx = fx[wo];
-              gXb[p] += (1 - ly) * (1 - lx) * v;
-              gXb[p + 1] += (1 - ly) * lx * v;
-              gXb[p + Wp] += ly * (1 - lx) * v;
-              gXb[p + Wp + 1] += ly * lx * v;
-            }
-          }
-        }
-      }
+      single_scatter_row<T, false>(g, X + bi * Gs * P, pts, bi, ho, gcols + row * g.Wo * Gs * K, 1, Gs * K,
+                                   gX ? gX + bi * Gs * P : nullptr, grad_offset, grad_mask);
     }
     return;
   }
-  col2im_rows<T, 0>(g, X, offset, mask, gcols, gX, grad_offset, grad_mask, pts, start, end);
+  col2im_rows<T>(g, X, offset, mask, gcols, gX, grad_offset, grad_mask, pts, start, end);
 }
 
 // ---- Fused kernels for few output channels: no column buffer ----------------------------------------
@@ -488,48 +500,8 @@ void fused_backward_single(const Geometry& g, const T* __restrict X, const T* of
         for (int64_t wo = 0; wo < g.Wo; ++wo) gq[wo] += wq * gc[wo];
       }
     }
-    for (int64_t gi = 0; gi < g.G; ++gi) {  // as col2im_coordinates' one-channel case, gv in place of gcols
-      const T* Xb = X + (bi * g.G + gi) * P;
-      for (int64_t k = 0; k < K; ++k) {
-        const int64_t q = gi * K + k, q0 = q * g.Wo;
-        const int32_t* px = pts.pixel.data() + q0;
-        const T *fy = pts.ly.data() + q0, *fx = pts.lx.data() + q0, *fm = pts.m.data() + q0;
-        const T* gc = gv.data() + q0;
-        if (grad_offset) {
-          T* goy = grad_offset + (bi * 2 * g.G * K + 2 * q) * L + ho * g.Wo;
-          T* gox = goy + L;
-#pragma omp simd
-          for (int64_t wo = 0; wo < g.Wo; ++wo) {
-            const int64_t p = px[wo];
-            const T val = gc[wo] * fm[wo], ly = fy[wo], lx = fx[wo];
-            const T a00 = Xb[p], a01 = Xb[p + 1], a10 = Xb[p + Wp], a11 = Xb[p + Wp + 1];
-            goy[wo] = val * ((a10 - a00) * (1 - lx) + (a11 - a01) * lx);
-            gox[wo] = val * ((a01 - a00) * (1 - ly) + (a11 - a10) * ly);
-          }
-        }
-        if (grad_mask) {
-          T* gm = grad_mask + (bi * g.G * K + q) * L + ho * g.Wo;
-#pragma omp simd
-          for (int64_t wo = 0; wo < g.Wo; ++wo) {
-            const int64_t p = px[wo];
-            const T ly = fy[wo], lx = fx[wo];
-            gm[wo] = gc[wo] * ((1 - ly) * ((1 - lx) * Xb[p] + lx * Xb[p + 1]) +
-                               ly * ((1 - lx) * Xb[p + Wp] + lx * Xb[p + Wp + 1]));
-          }
-        }
-        if (gX) {  // scattered: points may share corners
-          T* gXb = gX + (bi * g.G + gi) * P;
-          for (int64_t wo = 0; wo < g.Wo; ++wo) {
-            const int64_t p = px[wo];
-            const T val = gc[wo] * fm[wo], ly = fy[wo], lx = fx[wo];
-            gXb[p] += (1 - ly) * (1 - lx) * val;
-            gXb[p + 1] += (1 - ly) * lx * val;
-            gXb[p + Wp] += ly * (1 - lx) * val;
-            gXb[p + Wp + 1] += ly * lx * val;
-          }
-        }
-      }
-    }
+    single_scatter_row<T, true>(g, X + bi * g.G * P, pts, bi, ho, gv.data(), g.Wo, 1,
+                                gX ? gX + bi * g.G * P : nullptr, grad_offset, grad_mask);
   }
 }
 

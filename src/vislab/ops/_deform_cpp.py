@@ -177,14 +177,43 @@ def piece_bounds(rows: int, pieces_per_worker: int = 4) -> list[int]:
     return [rows * i // pieces for i in range(pieces + 1)]
 
 
-def run_rows(work, rows: int, prepare=None, pieces_per_worker: int = 4) -> None:  # noqa: ANN001
-    """``work(worker, start, end)`` over the pieces of ``[0, rows)`` (:func:`piece_bounds`), by
-    ``len(row_ranges(rows))`` workers that pull pieces from a shared counter (dynamic scheduling: a worker
-    whose core is busy elsewhere takes fewer pieces, the others more). ``prepare(worker)`` runs first in each
-    worker."""
+def scatter_pieces(images: int, rows_per_image: int) -> tuple[list[int], bool]:
+    """How a pass that scatters into its input's gradient splits ``images × rows_per_image`` output rows so
+    that the result never depends on the scheduling: ``(bounds, shared)``.
+
+    * ``shared`` (at least as many images as workers): one piece per image. Any output row may sample any
+      input row of its own image, never of another, so the pieces write disjoint parts of one shared
+      gradient buffer, each in row order: the same bits whichever worker takes which image.
+    * otherwise one fixed range per worker (:func:`row_ranges`, for :func:`run_rows`'s ``static``), each
+      into its own buffer, summed in worker order afterwards.
+    """
+    rows = images * rows_per_image
     workers = len(row_ranges(rows))
-    bounds = piece_bounds(rows, pieces_per_worker)
+    if images >= workers:
+        return [i * rows_per_image for i in range(images + 1)], True
+    return [a for a, _ in row_ranges(rows)] + [rows], False
+
+
+def run_rows(work, rows: int, prepare=None, pieces_per_worker: int = 4, *,  # noqa: ANN001
+             bounds: list[int] | None = None, static: bool = False) -> None:
+    """``work(worker, start, end)`` over the pieces of ``[0, rows)`` (:func:`piece_bounds`, or ``bounds``), by
+    ``len(row_ranges(rows))`` workers that pull pieces from a shared counter (dynamic scheduling: a worker
+    whose core is busy elsewhere takes fewer pieces, the others more); ``static``: worker ``w`` takes piece
+    ``w`` (``bounds`` then holds one piece per worker). ``prepare(worker)`` runs first in each worker."""
+    workers = len(row_ranges(rows))
+    bounds = piece_bounds(rows, pieces_per_worker) if bounds is None else bounds
     pieces = len(bounds) - 1
+    if static:
+        if pieces != workers:
+            raise ValueError(f"static scheduling needs one piece per worker ({workers}), got {pieces}")
+
+        def one(w: int) -> None:
+            if prepare is not None:
+                prepare(w)
+            work(w, bounds[w], bounds[w + 1])
+
+        run([lambda w=w: one(w) for w in range(workers)])
+        return
     counter = iter(range(pieces))
     lock = threading.Lock()
 

@@ -45,6 +45,7 @@ import ctypes
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -745,21 +746,40 @@ class _Kernels:
         _deform_cpp.run_rows(lambda w, a, z: self.im2col(*args, a, z), self.b * self.geom.out_h)
         return cols
 
-    def sample_backward(self, grad_cols: Tensor, gX: Tensor | None, grad_offset: Tensor | None,
-                        grad_mask: Tensor | None) -> None:
-        """Input gradient into ``gX[w]`` (one padded buffer per worker, zeroed first), offset and mask
-        gradients of the chunk (contiguous, compute dtype) straight into place."""
-        args = (self.X.data_ptr(), self.off_ptr, self.mask_ptr, grad_cols.data_ptr())
-        tail = (_ptr(grad_offset), _ptr(grad_mask), self.geo.data_ptr())
+    def scatter(self, kernel: Any, gX: Tensor | None) -> Tensor | None:
+        """Run ``kernel(gX pointer, piece index, start, end)`` over the chunk's output rows so that the input
+        gradient it scatters never depends on the scheduling (:func:`~vislab.ops._deform_cpp.scatter_pieces`):
+        one piece per image into the shared buffer ``gX[0]`` (each piece zeroes its images first), or, with
+        fewer images than workers, one fixed range per worker into ``gX[w]``. Returns the buffers to sum
+        (:meth:`unpad_sum`), or None without an input gradient."""
+        ho = self.geom.out_h
+        bounds, shared = _deform_cpp.scatter_pieces(self.b, ho)
+        piece = {a: j for j, a in enumerate(bounds[:-1])}
+
+        if shared:
+            def work(w: int, a: int, z: int) -> None:
+                if gX is not None:
+                    ctypes.memset(gX[0, a // ho].data_ptr(), 0, (z - a) // ho * gX.stride(1) * gX.element_size())
+                kernel(None if gX is None else gX[0].data_ptr(), piece[a], a, z)
+
+            _deform_cpp.run_rows(work, self.b * ho, bounds=bounds)
+            return None if gX is None else gX[:1]
 
         def zero(w: int) -> None:
             if gX is not None:
                 ctypes.memset(gX[w].data_ptr(), 0, gX[w].numel() * gX.element_size())
 
-        def work(w: int, a: int, z: int) -> None:
-            self.col2im(*args, None if gX is None else gX[w].data_ptr(), *tail, a, z)
+        _deform_cpp.run_rows(lambda w, a, z: kernel(None if gX is None else gX[w].data_ptr(), piece[a], a, z),
+                             self.b * ho, prepare=zero, bounds=bounds, static=True)
+        return gX
 
-        _deform_cpp.run_rows(work, self.b * self.geom.out_h, prepare=zero)
+    def sample_backward(self, grad_cols: Tensor, gX: Tensor | None, grad_offset: Tensor | None,
+                        grad_mask: Tensor | None) -> Tensor | None:
+        """Input gradient into the padded buffers ``gX`` (:meth:`scatter`; returns those to sum), offset and
+        mask gradients of the chunk (contiguous, compute dtype) straight into place."""
+        args = (self.X.data_ptr(), self.off_ptr, self.mask_ptr, grad_cols.data_ptr())
+        tail = (_ptr(grad_offset), _ptr(grad_mask), self.geo.data_ptr())
+        return self.scatter(lambda gx, j, a, z: self.col2im(*args, gx, *tail, a, z), gX)
 
     def unpad_sum(self, gX: Tensor, grad_input: Tensor) -> None:
         """``grad_input`` (contiguous ``[b, C, H, W]``) = the sum of the workers' padded buffers' interiors."""
@@ -825,32 +845,23 @@ def _fused_backward(k: _Kernels, grad_out: Tensor, w: Tensor, geom: _Geometry, g
     X_buffer, _ = _buffers(geom, dtype, grad_out.device, chunks[0][1], columns=False)
     parts = len(_deform_cpp.row_ranges(chunks[0][1] * geom.out_h))
     gX_buffers = X_buffer.new_empty((parts, *X_buffer.shape)) if gi is not None else None
-    # the weight gradient is accumulated per piece of rows, not per worker, and summed in piece order: which
-    # worker takes which piece varies from call to call, the result must not
-    pieces = len(_deform_cpp.piece_bounds(chunks[0][1] * geom.out_h)) - 1
+    # the weight gradient is accumulated per piece of rows (k.scatter's pieces), not per worker, and summed in
+    # piece order: which worker takes which piece varies from call to call, the result must not
+    pieces = max(len(_deform_cpp.scatter_pieces(b, geom.out_h)[0]) - 1 for _, b in ((s, e - s) for s, e in chunks))
     gwt = X_buffer.new_zeros((pieces, R, C_out)) if need_weight else None
     for s, e in chunks:
-        b = e - s
         k.start_chunk(s, e, X_buffer)
-        gX = gX_buffers[:len(k.ranges), :b] if gi is not None else None
         head = (k.X.data_ptr(), k.off_ptr, k.mask_ptr, w_padded.data_ptr(), go[s:e].data_ptr())
         tail = (None if go_off is None else go_off[s:e].data_ptr(),
                 None if go_mask is None else go_mask[s:e].data_ptr())
 
-        def zero(i: int, gX: Tensor | None = gX) -> None:
-            if gX is not None:
-                ctypes.memset(gX[i].data_ptr(), 0, gX[i].numel() * gX.element_size())
+        def kernel(gx: int | None, j: int, a: int, z: int, head: tuple = head, tail: tuple = tail) -> None:
+            k.fused_backward(*head, gx, *tail, None if gwt is None else gwt[j].data_ptr(), k.geo.data_ptr(), C_out,
+                             a, z)
 
-        piece = {a: j for j, a in enumerate(_deform_cpp.piece_bounds(b * geom.out_h)[:-1])}
-
-        def work(i: int, a: int, z: int, gX: Tensor | None = gX, head: tuple = head, tail: tuple = tail,
-                 piece: dict = piece) -> None:
-            k.fused_backward(*head, None if gX is None else gX[i].data_ptr(), *tail,
-                             None if gwt is None else gwt[piece[a]].data_ptr(), k.geo.data_ptr(), C_out, a, z)
-
-        _deform_cpp.run_rows(work, b * geom.out_h, prepare=zero)
+        used = k.scatter(kernel, gX_buffers[:len(k.ranges), :e - s] if gi is not None else None)
         if gi is not None:
-            k.unpad_sum(gX, gi[s:e])
+            k.unpad_sum(used, gi[s:e])
     return None if gwt is None else gwt.sum(0)
 
 
@@ -939,11 +950,10 @@ def _native_backward(grad_out, input, offset, mask, weight, geom: _Geometry,
                 go_groups = go.view(b, groups, -1, L)
                 for j, strided in enumerate(grad_cols.view(b, L, groups, -1).unbind(2)):
                     strided.copy_(torch.bmm(go_groups[:, j].transpose(1, 2), w[j].expand(b, -1, -1)))
-            gX = gX_buffers[:len(k.ranges), :b] if need_input else None
-            k.sample_backward(grad_cols, gX, None if go_off is None else go_off[s:e],
-                              None if go_mask is None else go_mask[s:e])
+            used = k.sample_backward(grad_cols, gX_buffers[:len(k.ranges), :b] if need_input else None,
+                                     None if go_off is None else go_off[s:e], None if go_mask is None else go_mask[s:e])
             if need_input:
-                k.unpad_sum(gX, gi[s:e])
+                k.unpad_sum(used, gi[s:e])
     for target, source in ((grad_input, gi), (grad_offset, go_off), (grad_mask, go_mask)):
         if target is not None and source is not target:
             target.copy_(source)

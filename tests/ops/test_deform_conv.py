@@ -366,6 +366,23 @@ def test_fused_and_column_kernels_give_the_same_bits_every_call(threads, n, c_ou
         assert all(torch.equal(a, b) for a, b in zip(first, again))
 
 
+@pytest.mark.parametrize("workers", [1, 2, 3, 8])
+@pytest.mark.parametrize("images, rows", [(1, 56), (2, 7), (3, 5), (4, 56), (64, 64), (5, 1)])
+def test_scatter_pieces_never_mix_images(workers, images, rows, monkeypatch):
+    """The pieces of a scattering pass cover every row once; shared-buffer pieces hold whole images, the others
+    lie within one image and every image has the same number of them (summed per image in piece order)."""
+    from vislab.ops import _deform_cpp
+
+    monkeypatch.setattr(_deform_cpp, "WORKERS", workers)
+    bounds, shared = _deform_cpp.scatter_pieces(images, rows)
+    assert bounds[0] == 0 and bounds[-1] == images * rows and all(a < b for a, b in zip(bounds, bounds[1:]))
+    if shared:
+        assert all(a % rows == 0 for a in bounds) and images >= min(2 * workers, images * rows)
+    else:
+        assert all(a // rows == (b - 1) // rows for a, b in zip(bounds, bounds[1:]))  # within one image
+        assert (len(bounds) - 1) % images == 0
+
+
 def test_fused_kernel_computes_only_the_gradients_asked_for():
     x, offset, weight, bias, mask = _inputs(2, 16, 16, 7, 9, 3, 3, padding=1, dtype=torch.float64)
     full = _forward_backward(deform_conv2d, x, offset, weight, bias, mask, padding=1)

@@ -179,41 +179,34 @@ def piece_bounds(rows: int, pieces_per_worker: int = 4) -> list[int]:
 
 def scatter_pieces(images: int, rows_per_image: int) -> tuple[list[int], bool]:
     """How a pass that scatters into its input's gradient splits ``images × rows_per_image`` output rows so
-    that the result never depends on the scheduling: ``(bounds, shared)``.
+    that the result never depends on the scheduling: ``(bounds, shared)``. An output row samples only its
+    own image, so pieces of different images never write the same values.
 
-    * ``shared`` (at least as many images as workers): one piece per image. Any output row may sample any
-      input row of its own image, never of another, so the pieces write disjoint parts of one shared
-      gradient buffer, each in row order: the same bits whichever worker takes which image.
-    * otherwise one fixed range per worker (:func:`row_ranges`, for :func:`run_rows`'s ``static``), each
-      into its own buffer, summed in worker order afterwards.
+    * ``shared`` (at least two images per worker): pieces of whole images (up to four per worker),
+      written into one shared gradient buffer, each image in row order by one worker: the same bits
+      whichever worker takes which piece.
+    * otherwise about two pieces per worker, each within one image, each with a buffer of its own (one
+      image's size: two per worker bound the memory at N = 1); the caller sums each image's pieces in piece
+      order.
     """
     rows = images * rows_per_image
-    workers = len(row_ranges(rows))
-    if images >= workers:
-        return [i * rows_per_image for i in range(images + 1)], True
-    return [a for a, _ in row_ranges(rows)] + [rows], False
+    few = len(piece_bounds(rows, pieces_per_worker=2)) - 1
+    if images >= few:  # whole images, up to the usual four pieces per worker
+        pieces = min(images, len(piece_bounds(rows)) - 1)
+        return [rows_per_image * (images * j // pieces) for j in range(pieces + 1)], True
+    k = min(rows_per_image, -(-few // images))  # pieces per image
+    return [i * rows_per_image + rows_per_image * j // k for i in range(images) for j in range(k)] + [rows], False
 
 
 def run_rows(work, rows: int, prepare=None, pieces_per_worker: int = 4, *,  # noqa: ANN001
-             bounds: list[int] | None = None, static: bool = False) -> None:
+             bounds: list[int] | None = None) -> None:
     """``work(worker, start, end)`` over the pieces of ``[0, rows)`` (:func:`piece_bounds`, or ``bounds``), by
     ``len(row_ranges(rows))`` workers that pull pieces from a shared counter (dynamic scheduling: a worker
-    whose core is busy elsewhere takes fewer pieces, the others more); ``static``: worker ``w`` takes piece
-    ``w`` (``bounds`` then holds one piece per worker). ``prepare(worker)`` runs first in each worker."""
+    whose core is busy elsewhere takes fewer pieces, the others more). ``prepare(worker)`` runs first in each
+    worker."""
     workers = len(row_ranges(rows))
     bounds = piece_bounds(rows, pieces_per_worker) if bounds is None else bounds
     pieces = len(bounds) - 1
-    if static:
-        if pieces != workers:
-            raise ValueError(f"static scheduling needs one piece per worker ({workers}), got {pieces}")
-
-        def one(w: int) -> None:
-            if prepare is not None:
-                prepare(w)
-            work(w, bounds[w], bounds[w + 1])
-
-        run([lambda w=w: one(w) for w in range(workers)])
-        return
     counter = iter(range(pieces))
     lock = threading.Lock()
 

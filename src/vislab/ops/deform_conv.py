@@ -749,29 +749,37 @@ class _Kernels:
     def scatter(self, kernel: Any, gX: Tensor | None) -> Tensor | None:
         """Run ``kernel(gX pointer, piece index, start, end)`` over the chunk's output rows so that the input
         gradient it scatters never depends on the scheduling (:func:`~vislab.ops._deform_cpp.scatter_pieces`):
-        one piece per image into the shared buffer ``gX[0]`` (each piece zeroes its images first), or, with
-        fewer images than workers, one fixed range per worker into ``gX[w]``. Returns the buffers to sum
-        (:meth:`unpad_sum`), or None without an input gradient."""
+        pieces of whole images into the shared buffer ``gX[0]`` (each piece zeroes its images first), or, with
+        few images, pieces within one image, each into a one-image buffer of its own, then summed per image in
+        piece order into ``gX[0]``. Returns the buffers :meth:`unpad_sum` reads (``gX[:1]``), or None."""
         ho = self.geom.out_h
         bounds, shared = _deform_cpp.scatter_pieces(self.b, ho)
         piece = {a: j for j, a in enumerate(bounds[:-1])}
-
+        rows = self.b * ho
+        if gX is None:
+            _deform_cpp.run_rows(lambda w, a, z: kernel(None, piece[a], a, z), rows, bounds=bounds)
+            return None
+        image_bytes = gX.stride(1) * gX.element_size()
         if shared:
             def work(w: int, a: int, z: int) -> None:
-                if gX is not None:
-                    ctypes.memset(gX[0, a // ho].data_ptr(), 0, (z - a) // ho * gX.stride(1) * gX.element_size())
-                kernel(None if gX is None else gX[0].data_ptr(), piece[a], a, z)
+                ctypes.memset(gX[0, a // ho].data_ptr(), 0, (z - a) // ho * image_bytes)
+                kernel(gX[0].data_ptr(), piece[a], a, z)
 
-            _deform_cpp.run_rows(work, self.b * ho, bounds=bounds)
-            return None if gX is None else gX[:1]
+            _deform_cpp.run_rows(work, rows, bounds=bounds)
+            return gX[:1]
+        own = gX.new_empty((len(bounds) - 1, gX.stride(1)))  # one image's padded gradient per piece
 
-        def zero(w: int) -> None:
-            if gX is not None:
-                ctypes.memset(gX[w].data_ptr(), 0, gX[w].numel() * gX.element_size())
+        def work_own(w: int, a: int, z: int) -> None:
+            j = piece[a]
+            ctypes.memset(own[j].data_ptr(), 0, image_bytes)
+            # the kernel addresses image a // ho of a chunk-shaped buffer: hand it the address that puts
+            # that image at own[j] (only that image's part is ever touched)
+            kernel(own[j].data_ptr() - (a // ho) * image_bytes, j, a, z)
 
-        _deform_cpp.run_rows(lambda w, a, z: kernel(None if gX is None else gX[w].data_ptr(), piece[a], a, z),
-                             self.b * ho, prepare=zero, bounds=bounds, static=True)
-        return gX
+        _deform_cpp.run_rows(work_own, rows, bounds=bounds)
+        per_image = own.view(self.b, -1, gX.stride(1))  # every image has the same number of pieces
+        torch.sum(per_image, dim=1, out=gX[0].reshape(self.b, -1))
+        return gX[:1]
 
     def sample_backward(self, grad_cols: Tensor, gX: Tensor | None, grad_offset: Tensor | None,
                         grad_mask: Tensor | None) -> Tensor | None:
@@ -847,7 +855,7 @@ def _fused_backward(k: _Kernels, grad_out: Tensor, w: Tensor, geom: _Geometry, g
     gX_buffers = X_buffer.new_empty((parts, *X_buffer.shape)) if gi is not None else None
     # the weight gradient is accumulated per piece of rows (k.scatter's pieces), not per worker, and summed in
     # piece order: which worker takes which piece varies from call to call, the result must not
-    pieces = max(len(_deform_cpp.scatter_pieces(b, geom.out_h)[0]) - 1 for _, b in ((s, e - s) for s, e in chunks))
+    pieces = max(len(_deform_cpp.scatter_pieces(e - s, geom.out_h)[0]) - 1 for s, e in chunks)
     gwt = X_buffer.new_zeros((pieces, R, C_out)) if need_weight else None
     for s, e in chunks:
         k.start_chunk(s, e, X_buffer)

@@ -75,15 +75,15 @@ def test_click_rounds_set_how_many_error_clicks_come_before_the_loss(batch, roun
                         lambda *a, **kw: seen.append(kw["points"].shape[1]) or decode(*a, **kw))
     preds = task.supervised_logits(feats, boxes, masks, ids)
     assert seen == list(range(1, rounds[0] + 2))
-    # the loss sees the first click's prediction (with gradients) and the last round's
-    assert len(preds) == (1 if rounds[0] == 0 else 2) and all(p.requires_grad for p in preds)
+    # the loss sees every round's prediction (SAM), each with gradients
+    assert len(preds) == rounds[0] + 1 and all(p.requires_grad for p in preds)
     with pytest.raises(ValueError, match="click_rounds must be"):
         SamDecoderTask(model.decoder, prompts="mixed", click_rounds=(3, 1))
 
 
 def test_click_rounds_can_start_from_the_box(batch, monkeypatch):
     """SAM's first prompt is a box or a point with equal probability: box-first rounds keep the (jittered) box in
-    every round and add the error clicks to it; the loss sees the box alone and the last round."""
+    every round and add the error clicks to it; the loss sees the box alone and every round after it."""
     import vislab.models.sam_clicks as clicks
 
     model, feats, boxes, masks, ids = batch
@@ -109,6 +109,32 @@ def test_click_rounds_can_start_from_the_box(batch, monkeypatch):
     model.decoder.zero_grad(set_to_none=True)
     with pytest.raises(ValueError, match="box_first must be"):
         real(masks[:, 0] > 0.5, "mixed", p_kinds=(0, 0, 1), box_first=1.5)
+
+
+def test_click_batches_use_both_error_click_rules(batch, monkeypatch):
+    """Half the click batches click uniformly in the error region (SAM), half at the centre of the largest
+    error (RITM, the evaluation protocol); the rule is drawn with the prompts, so it repeats with the seed."""
+    import vislab.models.sam_clicks as clicks
+
+    model, feats, boxes, masks, ids = batch
+    real_sample, real_add = clicks.sample_prompts, clicks.add_error_clicks
+    monkeypatch.setattr(clicks, "sample_prompts", lambda m, kind, **kw: real_sample(
+        m, kind, **{**kw, "p_kinds": (0, 0, 1), "click_rounds": (1, 1)}))
+    modes = []
+    monkeypatch.setattr(clicks, "add_error_clicks", lambda *a, mode, **kw: modes.append(mode) or real_add(
+        *a, mode=mode, **kw))
+    task = SamDecoderTask(model.decoder, prompts="mixed", seed=0).train()
+    with torch.no_grad():
+        for k in range(12):
+            task.supervised_logits(feats, boxes, masks, ids + 4 * k)
+    assert set(modes) == {"center", "random"}
+    again = []
+    monkeypatch.setattr(clicks, "add_error_clicks", lambda *a, mode, **kw: again.append(mode) or real_add(
+        *a, mode=mode, **kw))
+    with torch.no_grad():
+        for k in range(12):
+            task.supervised_logits(feats, boxes, masks, ids + 4 * k)
+    assert again == modes
 
 
 def test_eval_prompt_point_uses_the_deepest_pixel(batch):

@@ -110,10 +110,11 @@ class SamDecoderTask(TaskModule):
     def supervised_logits(self, feats: Tensor, boxes: Tensor, masks: Tensor, ids: Tensor) -> list[Tensor]:
         """Training logits for prompts drawn by :func:`~vislab.models.sam_clicks.sample_prompts`, each of which
         the loss sees. For click prompts (a box or one point first, then ``click_rounds`` rounds of error
-        clicks, each passing the previous low-resolution logits as the mask prompt: SAM's iterative training)
-        two predictions: the first prompt's alone and the last round's; the rounds between run without
-        gradients. (SAM puts the loss on every round; the first and the last keep the prompt-alone prediction
-        trained at a third of the cost.)"""
+        clicks, each passing the previous low-resolution logits, detached, as the mask prompt: SAM's
+        iterative training) every round's prediction, as SAM puts the loss on every round. Half the click
+        batches (drawn with the prompts) take each next click uniformly from the error region (SAM), the
+        other half at the centre of the largest error region (RITM's training and the evaluation protocol,
+        :func:`~vislab.models.sam_clicks.next_click`)."""
         from vislab.models.sam_clicks import add_error_clicks, sample_prompts
 
         state = np.random.SeedSequence([self.seed, int(self.current_epoch), *ids.cpu().tolist()[:8]])
@@ -129,16 +130,14 @@ class SamDecoderTask(TaskModule):
                     "points": None if pb.points is None else pb.points.to(dev),
                     "point_labels": None if pb.point_labels is None else pb.point_labels.to(dev)}
 
+        mode = "center" if float(torch.rand(1, generator=gen)) < 0.5 else "random"
         out: list[Tensor] = []
         low = None
-        for r in range(pb.click_rounds):
-            with torch.set_grad_enabled(r == 0 and torch.is_grad_enabled()):
-                low = self.model.decode(feats, **prompt(pb), mask_input=low)[0]  # (B, 1, 4h, 4w)
-                up = self.model.upsample(low)
-            if r == 0:
-                out.append(up)
+        for _ in range(pb.click_rounds):
+            low = self.model.decode(feats, **prompt(pb), mask_input=low)[0]  # (B, 1, 4h, 4w)
+            out.append(self.model.upsample(low))
             low = low.detach()
-            pb = add_error_clicks(pb, target, up.detach()[:, 0].cpu() > 0, generator=gen)
+            pb = add_error_clicks(pb, target, out[-1].detach()[:, 0].cpu() > 0, generator=gen, mode=mode)
         out.append(self.model(feats, **prompt(pb), mask_input=low))
         return out
 

@@ -119,7 +119,7 @@ class FolderClassifier(Experiment):
         if quick:
             return {"epochs": 2, "pretrained_epochs": 1, "per_class": 30, "image_size": 48, "cam_images": 6,
                     "explain_images": 0}
-        return {"epochs": 12, "pretrained_epochs": 2, "image_size": 64, "explain_images": 8,
+        return {"epochs": 11, "pretrained_epochs": 2, "image_size": 64, "explain_images": 6,
                 "explain_methods": _CHEAP, "explain_variants": ("small_cnn",)}
 
     # ------------------------------------------------------------------------------------------

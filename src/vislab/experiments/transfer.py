@@ -117,7 +117,8 @@ class Transfer(Experiment):
     def demo_overrides(self, quick: bool) -> dict[str, Any]:
         if quick:
             return {"epochs": 2, "head_epochs": 10, "image_size": 64, "limit_train": 80}
-        return {"epochs": 8, "head_epochs": 30, "image_size": 64}
+        # validation accuracy is flat from epoch 2 on in every regime (0.975 joint and triplet_then_ce, 2026-12-07)
+        return {"epochs": 6, "head_epochs": 30, "image_size": 64}
 
     def validate(self, cfg: TransferConfig, data: str | None, root: str | None, download: bool = False) -> None:
         if not cfg.variants:

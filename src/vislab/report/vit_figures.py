@@ -251,7 +251,8 @@ def explanations_section(rep: Any, expl: Mapping[str, Any], tables: Mapping[str,
              ". Pointing game: the map's peak in the object's box (every image, right or wrong). Deletion / insertion "
              "AUC: the class probability as the most relevant pixels are blurred away / blurred ones restored. ROAD: "
              "(LeRF − MoRF)/2 in logits under noisy linear imputation. Sanity ρ: Spearman correlation with the map of "
-             "the model re-initialised from the head down to the explained layer (lower: the map depends on the "
+             "the model re-initialised from the head down to the explained layer (rollout and gradient-weighted "
+             "attention, which read every block: down to the input; lower: the map depends on the "
              f"weights); passed: ρ < 0.5. Mean ± 95 % interval over the images. Added time: {expl['seconds']:.3g} s.")
     cols = ("pointing_game", "deletion_auc", "insertion_auc", "road", "sanity_correlation", "sanity_passed")
     rows = [[v, f"{name} ({expl['layers'][v]})" if name not in ("rollout", "gradattention") else name,

@@ -126,9 +126,7 @@ class SamDecoderTask(TaskModule):
         dev = feats.device
 
         def prompt(pb: Any) -> dict[str, Any]:
-            return {"boxes": None if pb.boxes is None else pb.boxes.to(dev),
-                    "points": None if pb.points is None else pb.points.to(dev),
-                    "point_labels": None if pb.point_labels is None else pb.point_labels.to(dev)}
+            return {k: None if v is None else v.to(dev) for k, v in pb.decoder_kwargs().items()}
 
         mode = "center" if float(torch.rand(1, generator=gen)) < 0.5 else "random"
         out: list[Tensor] = []

@@ -137,11 +137,42 @@ def test_two_seeds_pair_the_claims(tmp_path):
 def test_mixed_prompt_training_runs_and_says_so(tmp_path):
     """prompts=mixed trains through the click rounds and validates on the box and the deepest point; the test rows
     stay box-prompted (the same boxes as the baselines)."""
-    result, _ = _run(tmp_path / "run", {**TINY, **FAST, "epochs": 1, "prompts": "mixed", "figure_prompts": 0})
+    result, model = _run(tmp_path / "run", {**TINY, **FAST, "epochs": 1, "prompts": "mixed", "figure_prompts": 0})
     ft = result["runs"]["finetuned"]
     assert ft["epochs"] == 1 and np.isfinite(ft["train"]["loss"]["mean"])
     md = (tmp_path / "run" / "report.md").read_text()
     assert "rounds of error clicks" in md and "Prompts: points" not in md
+    assert "`PromptEncoder` (trained with the decoder)" in md
+    # the newly initialised prompt encoder trained: its weights left the seeded initial ones (buffers stay)
+    from vislab.engine.fit import seed_everything
+
+    seed_everything(0)
+    fresh = SamFinetune()._build_model(SamFinetuneConfig(**{**TINY, "prompts": "mixed"})).decoder.prompt_encoder
+    trained = dict(model.decoder.prompt_encoder.named_parameters())
+    changed = [k for k, v in fresh.named_parameters() if not torch.equal(v, trained[k])]
+    assert any(k.startswith("point_embeddings") for k in changed)  # one epoch: 2 batches, maybe no click round
+    assert all(p.requires_grad for p in model.decoder.prompt_encoder.parameters())  # the mask path too
+
+
+def test_prompt_encoder_trains_only_when_new_and_not_box_only(tiny_run):
+    """prompt_encoder=auto: a newly initialised prompt encoder trains with points or mixed prompts; a box-only
+    run, an official SAM and an init checkpoint keep it frozen (MedSAM); frozen/trained override."""
+    from vislab.experiments.sam_finetune import prompt_encoder_trained
+
+    def rule(**kw):
+        return prompt_encoder_trained(SamFinetuneConfig(**kw))
+
+    assert rule(prompts="mixed") and rule(prompts="points") and not rule(prompts="box")
+    assert not rule(prompts="mixed", sam_checkpoint="sam.pth") and not rule(prompts="mixed", init="run/best.ckpt")
+    assert rule(prompts="box", prompt_encoder="trained") and not rule(prompts="mixed", prompt_encoder="frozen")
+    out, _, model = tiny_run  # the default (box) run left its prompt encoder as it was built
+    from vislab.engine.fit import seed_everything
+
+    seed_everything(0)
+    fresh = SamFinetune()._build_model(SamFinetuneConfig(**TINY)).decoder.prompt_encoder
+    trained = dict(model.decoder.prompt_encoder.named_parameters())
+    assert all(torch.equal(v, trained[k]) for k, v in fresh.named_parameters())
+    assert "`PromptEncoder` (frozen, as in MedSAM)" in (out / "report.md").read_text()
 
 
 def test_segment_cli_on_the_trained_checkpoint(tiny_run, tmp_path):

@@ -35,6 +35,17 @@ from vislab.report.blocks import metric_value
 SHAPE_ORDER = ("ring", "band", "blob", "star")
 
 
+def prompt_encoder_trained(cfg: SamFinetuneConfig) -> bool:
+    """Whether the prompt encoder trains with the decoder. ``auto``: only when it is newly initialised (the
+    offline model without ``init``) and the prompts are points or mixed: its point-label embeddings and the
+    mask prompt's downscaling convolutions are then random, and clicks and the previous mask reach the decoder
+    only through that random code. A pretrained one (official SAM, ``init``) stays frozen
+    as in MedSAM; so does a box-only run's (it reads two corner embeddings and the no-mask embedding)."""
+    if cfg.prompt_encoder != "auto":
+        return cfg.prompt_encoder == "trained"
+    return not cfg.sam_checkpoint and not cfg.init and cfg.prompts != "box"
+
+
 @dataclass
 class SamFinetuneConfig(CommonConfig):
     epochs: int = param(30, ge=1)  # maximum decoder epochs (early stopping on validation IoU may end sooner)
@@ -50,6 +61,9 @@ class SamFinetuneConfig(CommonConfig):
     prompt: Literal["component", "mask"] = param("component", choices=PROMPT_MODES)  # a box per component / mask
     prompts: str = param("box", choices=PROMPT_TRAINING)  # training prompts: box (MedSAM), points, mixed (SAM)
     click_rounds: tuple[int, ...] = param((1, 8), ge=0, length=2)  # mixed: error-click rounds MIN,MAX after the 1st
+    # auto: trained when it is newly initialised (offline, no init) and prompts are points or mixed; frozen when
+    # it is pretrained (official SAM, init: MedSAM) or only boxes are trained. See prompt_encoder_trained()
+    prompt_encoder: Literal["auto", "frozen", "trained"] = param("auto", choices=("auto", "frozen", "trained"))
     min_area: int | None = param(None, ge=1)  # smallest object in px at image_size (None: 0.1% of the image, >= 4)
     scenes: int = param(600, ge=10)  # embedded data: number of generated scenes
     objects: tuple[int, ...] = param((2, 4), ge=1, le=12, length=2)  # embedded data: fewest, most objects a scene
@@ -281,6 +295,7 @@ class SamFinetune(Experiment):
         device = ctx.device()
         seed_everything(cfg.seed)  # the base seed's model was built right after the same call: copy it
         model = copy.deepcopy(data.model) if cfg.seed == data.seed else self._build_model(cfg)
+        model.decoder.prompt_encoder.requires_grad_(prompt_encoder_trained(cfg))
         train = TrainPrompts(data.pv["train"], jitter=data.jitter, seed=cfg.seed, image_size=cfg.image_size)
         module = self._task(cfg, model, train, data)
         loaders = {k: eval_loader(data.sets[k], batch_size=cfg.batch_size, num_workers=cfg.num_workers)
@@ -385,14 +400,17 @@ class SamFinetune(Experiment):
                       if model.kind == "official" else
                       f"The neck, prompt encoder and mask decoder start from `{cfg.init}` (an earlier sam-finetune "
                       "run); the zero_shot row is that model before this fine-tuning." if cfg.init else
-                      "SAM's own `PromptEncoder` (frozen, as in MedSAM) and `MaskDecoder` (`TwoWayTransformer`, depth "
+                      "SAM's own `PromptEncoder` ("
+                      + ("trained with the decoder" if prompt_encoder_trained(cfg) else "frozen, as in MedSAM")
+                      + ") and `MaskDecoder` (`TwoWayTransformer`, depth "
                       f"2) from the segment-anything package, newly initialised and sized to the image (embedding "
                       f"{tokens}×{tokens}); no SAM weights were used, so there is no zero-shot row (pass `--set "
                       "sam_checkpoint=FILE` for the official SAM)."))
         prompts = {"box": "one box per object", "points": "SAM-Med2D's 1–3 positive and 0–2 negative points per "
                    "object; validation prompts with each object's deepest pixel", "mixed": "per batch a box, points, "
-                   "or one point plus 1–3 rounds of error clicks with the previous logits as mask prompt (SAM's "
-                   "iterative training); validation: the mean of the box's and the deepest pixel's IoU"}[cfg.prompts]
+                   f"or a box or one point followed by {cfg.click_rounds[0]}–{cfg.click_rounds[1]} rounds of error "
+                   "clicks with the previous logits as mask prompt and the loss on every round (SAM's iterative "
+                   "training); validation: the mean of the box's and the deepest pixel's IoU"}[cfg.prompts]
         return (f"{encoder} Boxes: the ground-truth mask's box with each side moved out by a seeded "
                 f"0–{data.jitter:.3g} px (MedSAM's 0–{cfg.jitter_px:g} px at 1024 px, scaled); test boxes are fixed "
                 f"and the same for every row and seed. Training prompts: {prompts}. {cfg.aug_copies} view(s) per "

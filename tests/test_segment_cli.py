@@ -180,3 +180,28 @@ def test_sam_checkpoint_flag_reaches_the_loader():
     args = build_parser().parse_args(["segment", "--checkpoint", "c", "i", "--point=-3,4", "--point", "5,6,0",
                                       "--box=-5,0,10,10", "--multimask"])
     assert args.point == ["-3,4", "5,6,0"] and args.box == "-5,0,10,10" and args.multimask
+
+
+def test_untrained_outputs_are_named(checkpoint, image, tmp_path, capsys):
+    """A checkpoint that never trained its IoU head (this fixture's metadata predates the key) or whose multimask
+    outputs are untrained (a decoder built from scratch) says so in a note line and in the JSON; a checkpoint
+    whose IoU head trained gets no IoU note."""
+    ckpt, model = checkpoint
+    args = SimpleNamespace(checkpoint=str(ckpt), image=str(image), box="10,5,50,40", point=None, multimask=True,
+                           out=str(tmp_path / "a"))
+    capsys.readouterr()
+    assert segment_command(args) == 0
+    notes = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("note: ")]
+    assert len(notes) == 2 and "IoU head was never trained" in notes[0] and "multimask outputs were never" in notes[1]
+    facts = json.loads((tmp_path / "a" / "scene_masks.json").read_text())
+    assert facts["iou_head_trained"] is False and facts["multimask_outputs"] == "untrained"
+    trained = tmp_path / "trained.ckpt"
+    meta = {"task": "sam-finetune", "kind": "offline", "model_type": None, "sam_checkpoint": None, "image_size": 64,
+            "iou_head_trained": True, "multimask_outputs": "untrained"}
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.decoder.state_dict().items()}, "vislab": meta},
+               trained)
+    args = SimpleNamespace(checkpoint=str(trained), image=str(image), box="10,5,50,40", point=None, multimask=False,
+                           out=str(tmp_path / "b"))
+    assert segment_command(args) == 0
+    assert "note: " not in capsys.readouterr().out
+    assert json.loads((tmp_path / "b" / "scene_masks.json").read_text())["iou_head_trained"] is True

@@ -50,6 +50,14 @@ def test_run_folder_summary_and_report(tiny_run):
     assert list(saved["runs"]) == ["finetuned"]
     assert list(saved["baselines"]) == ["box", "grabcut"]  # no zero_shot without SAM weights
     assert saved["encoder"]["kind"] == "offline" and "EfficientNet-Lite0" in saved["encoder"]["description"]
+    # the IoU head trained (SAM's loss), its calibration on the test masks reported; the checkpoint says so
+    head = saved["iou_head"]
+    assert head["trained"] and head["prompts"] == saved["data"]["prompts"]["test"] and 0 <= head["mae"] <= 1
+    pp = result.variants[0]["finetuned"].state["per_prompt"]
+    assert head["mae"] == pytest.approx(float((pp[:, 2] - pp[:, 0]).abs().mean()), abs=1e-4)
+    assert "predicted IoU (SAM's IoU head, trained" in (out / "report.md").read_text()
+    meta = torch.load(out / "checkpoints/finetuned/best.ckpt", weights_only=False)["vislab"]
+    assert meta["iou_head_trained"] is True and meta["multimask_outputs"] == "untrained"
     d = saved["data"]
     assert d["train"] + d["val"] + d["test"] == 12 and d["test"] == 3 and all(d["prompts"][k] > 0 for k in d["prompts"])
     rows = {**saved["runs"], **saved["baselines"]}

@@ -15,7 +15,9 @@ for an option. At least one ``--point`` or ``--box`` is required.
 Writes ``DIR/<stem>_mask.png`` (0/255, the image's size) and ``DIR/<stem>_overlay.png`` (the mask tinted, the box
 in yellow, positive points green, negative points red); with ``--multimask`` SAM's three candidates,
 ``<stem>_mask_<k>.png`` and ``<stem>_overlay_<k>.png`` for k = 0, 1, 2. ``DIR/<stem>_masks.json`` lists each mask
-with the model's predicted IoU, and the prompts; both are printed. The model sees the image as it saw its
+with the model's predicted IoU, and the prompts; both are printed. A checkpoint whose IoU head or multimask
+outputs were never trained (a decoder built from scratch trains its single-mask output; older checkpoints did
+not train the IoU head) gets a ``note:`` line saying so, and the JSON records it. The model sees the image as it saw its
 training images: resized to the checkpoint's square ``image_size``; prompts are scaled with it and the mask
 logits are resized back. An official-SAM checkpoint needs the SAM weights file it was trained on (recorded in
 the checkpoint; ``--sam-checkpoint PTH`` overrides the path).
@@ -129,6 +131,32 @@ def overlay(image: Any, mask: Any, box: tuple[float, float, float, float] | None
     return out
 
 
+def checkpoint_outputs(checkpoint: str | Path) -> dict[str, Any]:
+    """What a sam-finetune checkpoint trained beyond its single mask: ``{"iou_head_trained": bool,
+    "multimask_outputs": "untrained" | "pretrained by SAM, not fine-tuned"}`` (from its metadata; checkpoints
+    written before these keys existed never trained the IoU head)."""
+    from vislab.models.sam import read_finetuned
+
+    _, meta = read_finetuned(checkpoint)
+    official = meta.get("kind") == "official"
+    return {"iou_head_trained": bool(meta.get("iou_head_trained", False)),
+            "multimask_outputs": meta.get("multimask_outputs",
+                                          "pretrained by SAM, not fine-tuned" if official else "untrained")}
+
+
+def output_notes(trained: dict[str, Any], *, multimask: bool) -> list[str]:
+    """One line per output of the checkpoint whose numbers do not mean what they say."""
+    notes = []
+    if not trained["iou_head_trained"]:
+        notes.append("this checkpoint's IoU head was never trained (written before sam-finetune trained it, or with "
+                     "iou_weight 0): its IoU numbers below are not a quality estimate")
+    if multimask and trained["multimask_outputs"] == "untrained":
+        notes.append("--multimask: this checkpoint's decoder was built from scratch and trained on its single-mask "
+                     "output only; the three multimask outputs were never trained (the single mask, without "
+                     "--multimask, is the trained one)")
+    return notes
+
+
 def segment_image(model: Any, image: Any, box: tuple[float, float, float, float] | None = None,
                   points: list[tuple[float, float, int]] | None = None, *, multimask: bool = False) -> tuple[Any, Any]:
     """``(logits float32 ndarray[C, H, W], predicted IoU ndarray[C])`` of a PIL ``image`` for a box (continuous
@@ -186,6 +214,9 @@ def segment_command(args: Any) -> int:
 
     model = load_finetuned(args.checkpoint, sam_checkpoint=getattr(args, "sam_checkpoint", None))
     multimask = bool(getattr(args, "multimask", False))
+    trained = checkpoint_outputs(args.checkpoint)
+    for note in output_notes(trained, multimask=multimask):
+        print(f"note: {note}")
     logits, iou_pred = segment_image(model, image, clipped, points, multimask=multimask)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -205,7 +236,7 @@ def segment_command(args: Any) -> int:
     facts = {"image": str(path), "checkpoint": str(args.checkpoint), "size": list(image.size),
              "points": [{"x": x, "y": y, "label": lab} for x, y, lab in points],
              "box": list(clipped) if clipped is not None else None, "box_given": list(box) if box else None,
-             "multimask": multimask, "masks": entries,
+             "multimask": multimask, **trained, "masks": entries,
              "best": int(np.argmax(iou_pred)) if multimask else 0}
     json_path = out / f"{path.stem}_masks.json"
     atomic_write_bytes(json_path, (json.dumps(facts, indent=2) + "\n").encode())

@@ -64,6 +64,7 @@ class SamFinetuneConfig(CommonConfig):
     # auto: trained when it is newly initialised (offline, no init) and prompts are points or mixed; frozen when
     # it is pretrained (official SAM, init: MedSAM) or only boxes are trained. See prompt_encoder_trained()
     prompt_encoder: Literal["auto", "frozen", "trained"] = param("auto", choices=("auto", "frozen", "trained"))
+    iou_weight: float = param(1.0, ge=0)  # SAM's IoU-head loss (MSE to the mask's real IoU); trains the head alone
     min_area: int | None = param(None, ge=1)  # smallest object in px at image_size (None: 0.1% of the image, >= 4)
     scenes: int = param(600, ge=10)  # embedded data: number of generated scenes
     objects: tuple[int, ...] = param((2, 4), ge=1, le=12, length=2)  # embedded data: fewest, most objects a scene
@@ -284,11 +285,13 @@ class SamFinetune(Experiment):
                 "sam_checkpoint": str(Path(cfg.sam_checkpoint).resolve()) if cfg.sam_checkpoint else None,
                 "image_size": cfg.image_size, "encoder_size": model.encoder.input_size, "fine": model.decoder.fine,
                 "encoder": model.describe(), "init": str(Path(cfg.init).resolve()) if cfg.init else None,
-                "contains": "the decoder half (neck, fine projection, prompt encoder, mask decoder) as model.*"}
+                "contains": "the decoder half (neck, fine projection, prompt encoder, mask decoder) as model.*",
+                "iou_head_trained": cfg.iou_weight > 0,
+                "multimask_outputs": "pretrained by SAM, not fine-tuned" if model.kind == "official" else "untrained"}
         return SamDecoderTask(model.decoder, train_set=train, schedule=cfg.schedule, lr=cfg.lr,
                               weight_decay=cfg.weight_decay, lr_patience=cfg.lr_patience, lr_factor=cfg.lr_factor,
                               prompts=cfg.prompts, click_rounds=cfg.click_rounds, jitter=data.jitter, seed=cfg.seed,
-                              meta=meta)
+                              iou_weight=cfg.iou_weight, meta=meta)
 
     def run_variant(self, ctx: RunContext, data: _Data, variant: str) -> VariantResult:
         cfg: SamFinetuneConfig = ctx.cfg
@@ -358,7 +361,18 @@ class SamFinetune(Experiment):
                             "description": model.describe(), "init": cfg.init},
                 "per_shape": per_shape, "cache": self._cache(cfg, data, result),
                 "finetuned_beats_baselines": bool(ft > best), "margin_over_best_baseline": round(ft - best, 4),
-                "prompts": self._prompts(ctx, data, result)}
+                "iou_head": self._iou_head(cfg, result), "prompts": self._prompts(ctx, data, result)}
+
+    @staticmethod
+    def _iou_head(cfg: SamFinetuneConfig, result: Any) -> dict[str, Any] | None:
+        """How well the fine-tuned model's predicted IoU (first seed) scores its own test masks (box prompts)."""
+        first = result.variants[result.seeds[0]].get("finetuned")
+        if first is None or first.state["per_prompt"].shape[1] < 3:
+            return None
+        real, pred = first.state["per_prompt"][:, 0].double(), first.state["per_prompt"][:, 2].double()
+        r = float(torch.corrcoef(torch.stack([real, pred]))[0, 1]) if len(real) > 1 else float("nan")
+        return {"trained": cfg.iou_weight > 0, "prompts": len(real), "mae": round(float((pred - real).abs().mean()), 4),
+                "pearson": round(r, 4) if r == r else None}
 
     def _prompts(self, ctx: RunContext, data: _Data, result: Any) -> dict[str, Any] | None:
         """Fine-tuned (first seed), before fine-tuning and the click-seeded classical baseline prompted with the
@@ -449,6 +463,13 @@ class SamFinetune(Experiment):
         rep.text(f"Fine-tuned minus the best baseline: {summary['margin_over_best_baseline']:+.3f} mIoU "
                  f"({'the fine-tuned model' if summary['finetuned_beats_baselines'] else 'a baseline'} is higher; the "
                  "claims table says whether the difference is shown).")
+        head = summary.get("iou_head")
+        if head:
+            how = "trained on the masks' real IoU" if head["trained"] else "not trained: iou_weight was 0"
+            r = "n/a" if head["pearson"] is None else format(head["pearson"], ".2f")
+            rep.text(f"The model's own predicted IoU (SAM's IoU head, {how}) against the real IoU of its "
+                     f"{head['prompts']} test masks: mean absolute error {head['mae']:.3f}, Pearson r {r}. "
+                     "`vislab segment` prints it with every mask.")
         rep.heading("IoU per object shape")
         cols = list(self._per_prompt(result))
         rep.table(["shape", "test prompts", *cols], [[k, v["prompts"], *[v[c] for c in cols]]

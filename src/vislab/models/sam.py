@@ -234,8 +234,8 @@ def build_offline_sam(image_size: int, *, pretrained: bool = True, fine: bool = 
 
 
 def predict_masks_batched(decoder: nn.Module, image_embeddings: Tensor, image_pe: Tensor, sparse: Tensor,
-                          dense: Tensor, *, multimask_output: bool = False,
-                          fine: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                          dense: Tensor, *, multimask_output: bool = False, fine: Tensor | None = None,
+                          detach_iou: bool = False) -> tuple[Tensor, Tensor]:
     """``MaskDecoder.forward`` for a batch of prompts that each have their *own* image embedding.
 
     SAM's ``MaskDecoder.predict_masks`` decodes the prompts of one image (it repeats that image's embedding
@@ -252,6 +252,9 @@ def predict_masks_batched(decoder: nn.Module, image_embeddings: Tensor, image_pe
         multimask_output: the three multimask outputs instead of the single-mask one.
         fine: optional ``Tensor[B, C/8, 4h, 4w]`` added to the upscaled embedding (HQ-SAM's fusion of
             high-resolution encoder features; :class:`FineFeatures`). ``None``: SAM's decoder exactly.
+        detach_iou: the IoU head reads the IoU token's output detached, so a loss on the predicted IoU trains
+            the head alone and leaves every mask exactly as it would be without that loss (SAM trains both
+            through the transformer). The values are the same either way.
 
     Returns:
         ``(masks Tensor[B, M, 4h, 4w], iou_pred Tensor[B, M])``, ``M = 3`` or ``1``.
@@ -277,7 +280,7 @@ def predict_masks_batched(decoder: nn.Module, image_embeddings: Tensor, image_pe
                            dim=1)  # (B, M, C/8)
     _, c8, h4, w4 = upscaled.shape
     masks = (hyper_in @ upscaled.reshape(b, c8, h4 * w4)).reshape(b, -1, h4, w4)  # (B, M, 4h, 4w)
-    iou_pred = decoder.iou_prediction_head(iou_token_out)  # (B, 1 + M)
+    iou_pred = decoder.iou_prediction_head(iou_token_out.detach() if detach_iou else iou_token_out)  # (B, 1 + M)
     iou_pred = iou_pred[:, 1:] if multimask_output else iou_pred[:, :1]
     return masks, iou_pred
 
@@ -389,7 +392,7 @@ class SamDecoder(nn.Module):
 
     def decode_prompts(self, features: Tensor, *, boxes: Tensor | None = None, points: Tensor | None = None,
                        point_labels: Tensor | None = None, mask_input: Tensor | None = None,
-                       multimask_output: bool = False) -> tuple[Tensor, Tensor]:
+                       multimask_output: bool = False, detach_iou: bool = False) -> tuple[Tensor, Tensor]:
         """The decoder on prompts already in the encoder frame (what ``PromptEncoder`` takes, SAM's pixel-index
         coordinates of the ``I × I`` input; see :meth:`decode` for the image's own coordinates).
 
@@ -403,6 +406,7 @@ class SamDecoder(nn.Module):
             mask_input: ``Tensor[B, 1, 4h, 4w]`` low-resolution logits of an earlier prediction (the first
                 output of this method; ``4 · I / 16 = I / 4`` a side: 256 for SAM's 1024), or ``None``.
             multimask_output: SAM's three outputs instead of its single-mask one.
+            detach_iou: see :func:`predict_masks_batched` (training the IoU head without touching the masks).
 
         Returns:
             ``(low-res logits Tensor[B, M, 4h, 4w], predicted IoU Tensor[B, M])``, ``M = 3`` or ``1``.
@@ -447,18 +451,18 @@ class SamDecoder(nn.Module):
         sparse, dense = self.prompt_encoder(points=pts, boxes=None if boxes is None else boxes.float(),
                                             masks=mask_input)  # (B, T, 256), (B, 256, h, w)
         return predict_masks_batched(self.mask_decoder, emb, self.prompt_encoder.get_dense_pe(), sparse, dense,
-                                     multimask_output=multimask_output, fine=fine)
+                                     multimask_output=multimask_output, fine=fine, detach_iou=detach_iou)
 
     def decode(self, features: Tensor, boxes: Tensor | None = None, *, points: Tensor | None = None,
                point_labels: Tensor | None = None, mask_input: Tensor | None = None,
-               multimask_output: bool = False) -> tuple[Tensor, Tensor]:
+               multimask_output: bool = False, detach_iou: bool = False) -> tuple[Tensor, Tensor]:
         """:meth:`decode_prompts` with boxes and points in continuous coordinates of the ``S × S`` image (the
         convention of :meth:`prompt_boxes` / :meth:`prompt_points`). Returns ``(low-res logits Tensor[B, M, 4h,
         4w], predicted IoU Tensor[B, M])``; :meth:`upsample` takes the logits to the image."""
         return self.decode_prompts(
             features, boxes=None if boxes is None else self.prompt_boxes(boxes.float()),
             points=None if points is None else self.prompt_points(points.float()), point_labels=point_labels,
-            mask_input=mask_input, multimask_output=multimask_output)
+            mask_input=mask_input, multimask_output=multimask_output, detach_iou=detach_iou)
 
     def low_res_logits(self, features: Tensor, boxes: Tensor) -> Tensor:
         """Features ``Tensor[B, C, h, w]`` + boxes ``Tensor[B, 4]`` → ``Tensor[B, 1, 4h, 4w]`` logits."""

@@ -205,3 +205,73 @@ def test_clicks_row_from_the_click_runs_equals_prompt_table(batch):
         for k, v in ref["mean"][kind].items():
             assert ev["summary"]["sam"]["table"][kind][k] == pytest.approx(v, abs=1e-6), (kind, k)
     assert ev["curves"]["sam"][0].runs[0].masks == []  # masks dropped unless kept for a figure
+
+
+@pytest.mark.parametrize("prompts", ["box", "mixed"])
+def test_iou_head_trains_alone_and_leaves_the_masks_exactly_as_they_were(prompts):
+    """SAM's IoU-head loss (MSE of the predicted IoU against the thresholded mask's real IoU) with the IoU token
+    detached: three optimiser steps with iou_weight 1 and 0 give bit-equal mask decoders and prompt encoders except
+    the IoU head, which moved and only with the loss on; evaluation outputs carry the predicted IoU."""
+    from vislab.models.sam import offline_box_sam
+
+    torch.manual_seed(0)
+    base = offline_box_sam(64, encoder_size=64, pretrained=False, fine=False)
+    images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        feats = base.encoder(images)
+    masks = torch.zeros(4, 1, 64, 64)
+    for i, (r, c, s) in enumerate(((10, 10, 20), (30, 5, 12), (5, 40, 18), (40, 40, 16))):
+        masks[i, 0, r:r + s, c:c + s] = 1
+    boxes = torch.tensor([[12.0, 8.0, 32.0, 30.0], [4.0, 29.0, 18.0, 43.0], [39.0, 4.0, 58.0, 24.0],
+                          [40.0, 39.0, 57.0, 56.0]])
+    states = {}
+    for w in (1.0, 0.0):
+        import copy
+
+        dec = copy.deepcopy(base.decoder)
+        dec.prompt_encoder.requires_grad_(True)
+        task = SamDecoderTask(dec, prompts=prompts, seed=1, iou_weight=w)
+        task.train()
+        opt = torch.optim.AdamW([p for p in dec.parameters() if p.requires_grad], lr=1e-2)
+        for step in range(3):
+            loss, scores, _ = task.compute_loss((feats, boxes, masks, torch.arange(4) + 4 * step))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        states[w] = {k: v.clone() for k, v in dec.state_dict().items()}
+        task.eval()
+        with torch.no_grad():
+            _, out, _ = task.compute_loss((feats, boxes, masks, torch.arange(4)))
+        assert out.shape == (4, 3)  # IoU, Dice, predicted IoU
+    head = [k for k in states[1.0] if ".iou_prediction_head." in k]
+    assert head and all(not torch.equal(states[1.0][k], base.decoder.state_dict()[k]) for k in head if "weight" in k)
+    assert all(torch.equal(states[0.0][k], base.decoder.state_dict()[k]) for k in head)
+    for k, v in states[1.0].items():
+        if k not in head:
+            assert torch.equal(v, states[0.0][k]), k
+    with pytest.raises(ValueError, match="iou_weight"):
+        SamDecoderTask(base.decoder, iou_weight=-1.0)
+
+
+def test_iou_head_learns_to_score_masks(batch):
+    """The task's loss, stepping only the IoU head: its prediction comes close to each mask's real IoU."""
+    import copy
+
+    model, feats, boxes, masks, ids = batch
+    dec = copy.deepcopy(model.decoder)
+    task = SamDecoderTask(dec, prompts="box")
+    task.eval()
+    with torch.no_grad():
+        _, before, _ = task.compute_loss((feats, boxes, masks, ids))
+    opt = torch.optim.Adam(dec.mask_decoder.iou_prediction_head.parameters(), lr=1e-3)
+    task.train()
+    for _ in range(150):
+        loss, _, _ = task.compute_loss((feats, boxes, masks, ids))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    task.eval()
+    with torch.no_grad():
+        _, after, _ = task.compute_loss((feats, boxes, masks, ids))
+    assert torch.equal(after[:, :2], before[:, :2])  # the masks did not change
+    assert (after[:, 2] - after[:, 0]).abs().max() < 0.05 < (before[:, 2] - before[:, 0]).abs().max()

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
@@ -49,11 +50,14 @@ class SamDecoderTask(TaskModule):
     ``box`` for box training, ``point`` for points, ``both`` for mixed. ``epoch_s``: wall seconds of each
     training epoch of this process (its training and validation passes). ``click_rounds``: for mixed
     prompts, the (inclusive) range of error-click rounds after the first click (SAM: up to 8 points in all).
+    ``iou_weight``: the weight of the IoU head's loss (SAM: 1); the head reads the IoU token detached, so the
+    masks train exactly as with ``iou_weight=0`` and the head learns to score them (``segment`` prints it).
     """
 
     def __init__(self, decoder: Any, *, loss: DiceCELoss | None = None, train_set: TrainPrompts | None = None,
                  schedule: str = "cosine", warmup: float = 0.03, prompts: str = "box", eval_prompt: str | None = None,
-                 jitter: float = 0.0, seed: int = 0, click_rounds: tuple[int, int] = (1, 8), **kwargs: Any) -> None:
+                 jitter: float = 0.0, seed: int = 0, click_rounds: tuple[int, int] = (1, 8), iou_weight: float = 1.0,
+                 **kwargs: Any) -> None:
         kwargs.setdefault("monitor", "val/iou")
         kwargs.setdefault("monitor_mode", "max")
         super().__init__(decoder, **kwargs)
@@ -76,6 +80,9 @@ class SamDecoderTask(TaskModule):
         if not 0 <= lo <= hi:
             raise ValueError(f"click_rounds must be (lo, hi) with 0 <= lo <= hi, got {tuple(click_rounds)}")
         self.click_rounds = (lo, hi)
+        if not iou_weight >= 0:
+            raise ValueError(f"iou_weight must be >= 0, got {iou_weight}")
+        self.iou_weight = float(iou_weight)
         self.epoch_s: list[float] = []
         self._epoch_t0 = 0.0
 
@@ -97,66 +104,88 @@ class SamDecoderTask(TaskModule):
         self.epoch_s.append(time.perf_counter() - self._epoch_t0)
 
     # -- prompts --------------------------------------------------------------------------------
+    def _predict(self, feats: Tensor, boxes: Tensor | None = None, *, points: Tensor | None = None,
+                 point_labels: Tensor | None = None, mask_input: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """``(low-res logits, logits Tensor[B, 1, S, S], predicted IoU Tensor[B, 1])`` of the single-mask output;
+        the IoU head reads the IoU token detached (``detach_iou``), so its loss leaves the masks as they were."""
+        low, iou_pred = self.model.decode(feats, boxes, points=points, point_labels=point_labels,
+                                          mask_input=mask_input, detach_iou=True)
+        return low, self.model.upsample(low), iou_pred
+
+    def point_predict(self, feats: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+        """``(logits, predicted IoU)`` for one positive point per prompt: each object's deepest pixel."""
+        pts = torch.stack([deepest_point(m[0].cpu() > 0.5) for m in masks])[:, None].to(feats.device)  # (B, 1, 2)
+        return self._predict(feats, points=pts, point_labels=torch.ones(pts.shape[:2], dtype=torch.long,
+                                                                         device=feats.device))[1:]
+
     def point_logits(self, feats: Tensor, masks: Tensor) -> Tensor:
         """Logits for one positive point per prompt: each object's deepest pixel."""
-        pts = torch.stack([deepest_point(m[0].cpu() > 0.5) for m in masks])[:, None].to(feats.device)  # (B, 1, 2)
-        return self.model(feats, points=pts, point_labels=torch.ones(pts.shape[:2], dtype=torch.long,
-                                                                      device=feats.device))
+        return self.point_predict(feats, masks)[0]
 
     def sampled_logits(self, feats: Tensor, boxes: Tensor, masks: Tensor, ids: Tensor) -> Tensor:
-        """The last training logits of :meth:`supervised_logits` (the prediction after every click round)."""
-        return self.supervised_logits(feats, boxes, masks, ids)[-1]
+        """The last training logits of :meth:`supervised` (the prediction after every click round)."""
+        return self.supervised(feats, boxes, masks, ids)[-1][0]
 
     def supervised_logits(self, feats: Tensor, boxes: Tensor, masks: Tensor, ids: Tensor) -> list[Tensor]:
-        """Training logits for prompts drawn by :func:`~vislab.models.sam_clicks.sample_prompts`, each of which
-        the loss sees. For click prompts (a box or one point first, then ``click_rounds`` rounds of error
-        clicks, each passing the previous low-resolution logits, detached, as the mask prompt: SAM's
-        iterative training) every round's prediction, as SAM puts the loss on every round. Half the click
-        batches (drawn with the prompts) take each next click uniformly from the error region (SAM), the
-        other half at the centre of the largest error region (RITM's training and the evaluation protocol,
-        :func:`~vislab.models.sam_clicks.next_click`)."""
+        """The logits of :meth:`supervised`."""
+        return [logits for logits, _ in self.supervised(feats, boxes, masks, ids)]
+
+    def supervised(self, feats: Tensor, boxes: Tensor, masks: Tensor, ids: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """``(logits, predicted IoU)`` for training prompts drawn by
+        :func:`~vislab.models.sam_clicks.sample_prompts`, each of which the loss sees. For click prompts (a box
+        or one point first, then ``click_rounds`` rounds of error clicks, each passing the previous
+        low-resolution logits, detached, as the mask prompt: SAM's iterative training) every round's
+        prediction, as SAM puts the loss on every round. Half the click batches (drawn with the prompts) take
+        each next click uniformly from the error region (SAM), the other half at the centre of the largest
+        error region (RITM's training and the evaluation protocol, :func:`~vislab.models.sam_clicks.next_click`)."""
         from vislab.models.sam_clicks import add_error_clicks, sample_prompts
 
+        if self.prompts == "box":
+            return [self._predict(feats, boxes)[1:]]
         state = np.random.SeedSequence([self.seed, int(self.current_epoch), *ids.cpu().tolist()[:8]])
         gen = torch.Generator().manual_seed(int(state.generate_state(1)[0]))
         target = masks[:, 0].cpu() > 0.5  # (B, S, S)
         pb = sample_prompts(target, self.prompts, generator=gen, max_shift=self.jitter, click_rounds=self.click_rounds)
         if pb.kind == "box":
-            return [self.model(feats, boxes)]
+            return [self._predict(feats, boxes)[1:]]
         dev = feats.device
 
         def prompt(pb: Any) -> dict[str, Any]:
             return {k: None if v is None else v.to(dev) for k, v in pb.decoder_kwargs().items()}
 
         mode = "center" if float(torch.rand(1, generator=gen)) < 0.5 else "random"
-        out: list[Tensor] = []
+        out: list[tuple[Tensor, Tensor]] = []
         low = None
         for _ in range(pb.click_rounds):
-            low = self.model.decode(feats, **prompt(pb), mask_input=low)[0]  # (B, 1, 4h, 4w)
-            out.append(self.model.upsample(low))
+            low, logits, iou_pred = self._predict(feats, **prompt(pb), mask_input=low)  # (B, 1, 4h, 4w), ...
+            out.append((logits, iou_pred))
             low = low.detach()
-            pb = add_error_clicks(pb, target, out[-1].detach()[:, 0].cpu() > 0, generator=gen, mode=mode)
-        out.append(self.model(feats, **prompt(pb), mask_input=low))
+            pb = add_error_clicks(pb, target, logits.detach()[:, 0].cpu() > 0, generator=gen, mode=mode)
+        out.append(self._predict(feats, **prompt(pb), mask_input=low)[1:])
         return out
 
     def compute_loss(self, batch: Any) -> tuple[Tensor, Tensor, Tensor]:
+        """Training: DiceCE on every supervised prediction, plus ``iou_weight`` × the mean squared error of the
+        predicted IoU against the IoU the thresholded mask really has (SAM's IoU-head loss; the head alone
+        learns from it). Evaluation outputs per prompt: ``(IoU, Dice, predicted IoU)``."""
         feats, boxes, masks, ids = batch
         if self.training:
-            preds = [self.model(feats, boxes)] if self.prompts == "box" else \
-                self.supervised_logits(feats, boxes, masks, ids)
-            loss = torch.stack([self.loss_fn(p, masks) for p in preds]).mean()
-            logits = preds[-1]
+            preds = self.supervised(feats, boxes, masks, ids)
+            loss = torch.stack([self.loss_fn(p, masks) for p, _ in preds]).mean()
+            if self.iou_weight:
+                loss = loss + self.iou_weight * torch.stack(
+                    [F.mse_loss(q[:, 0].float(), _scores(p.detach(), masks)[:, 0]) for p, q in preds]).mean()
             with torch.no_grad():
-                return loss, _scores(logits, masks), ids
+                return loss, _scores(preds[-1][0], masks), ids
         losses, outs = [], []
         if self.eval_prompt in ("box", "both"):
-            logits = self.model(feats, boxes)
+            _, logits, iou_pred = self._predict(feats, boxes)
             losses.append(self.loss_fn(logits, masks))
-            outs.append(_scores(logits, masks))
+            outs.append(torch.cat([_scores(logits, masks), iou_pred.float()], dim=1))
         if self.eval_prompt in ("point", "both"):
-            logits = self.point_logits(feats, masks)
+            logits, iou_pred = self.point_predict(feats, masks)
             losses.append(self.loss_fn(logits, masks))
-            outs.append(_scores(logits, masks))
+            outs.append(torch.cat([_scores(logits, masks), iou_pred.float()], dim=1))
         return torch.stack(losses).mean(), torch.stack(outs).mean(0), ids
 
     def metrics(self, outputs: Tensor, targets: Tensor) -> dict[str, float]:

@@ -208,26 +208,15 @@ def test_clicks_row_from_the_click_runs_equals_prompt_table(batch):
 
 
 @pytest.mark.parametrize("prompts", ["box", "mixed"])
-def test_iou_head_trains_alone_and_leaves_the_masks_exactly_as_they_were(prompts):
+def test_iou_head_trains_alone_and_leaves_the_masks_exactly_as_they_were(batch, prompts):
     """SAM's IoU-head loss (MSE of the predicted IoU against the thresholded mask's real IoU) with the IoU token
     detached: three optimiser steps with iou_weight 1 and 0 give bit-equal mask decoders and prompt encoders except
     the IoU head, which moved and only with the loss on; evaluation outputs carry the predicted IoU."""
-    from vislab.models.sam import offline_box_sam
+    import copy
 
-    torch.manual_seed(0)
-    base = offline_box_sam(64, encoder_size=64, pretrained=False, fine=False)
-    images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
-    with torch.no_grad():
-        feats = base.encoder(images)
-    masks = torch.zeros(4, 1, 64, 64)
-    for i, (r, c, s) in enumerate(((10, 10, 20), (30, 5, 12), (5, 40, 18), (40, 40, 16))):
-        masks[i, 0, r:r + s, c:c + s] = 1
-    boxes = torch.tensor([[12.0, 8.0, 32.0, 30.0], [4.0, 29.0, 18.0, 43.0], [39.0, 4.0, 58.0, 24.0],
-                          [40.0, 39.0, 57.0, 56.0]])
+    base, feats, boxes, masks, _ = batch
     states = {}
     for w in (1.0, 0.0):
-        import copy
-
         dec = copy.deepcopy(base.decoder)
         dec.prompt_encoder.requires_grad_(True)
         task = SamDecoderTask(dec, prompts=prompts, seed=1, iou_weight=w)

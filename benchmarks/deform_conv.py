@@ -131,7 +131,8 @@ def time_ms(stmt_fn, min_run_time: float, device: str, slow_after_s: float) -> t
     stmt_fn()  # warm-up
     if device == "cuda":
         torch.cuda.synchronize()
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": stmt_fn})
+    # num_threads: Timer runs the statement with 1 thread unless told otherwise
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": stmt_fn}, num_threads=torch.get_num_threads())
     probe = timer.timeit(1)
     if probe.median > slow_after_s:
         return probe.median * 1e3, 1

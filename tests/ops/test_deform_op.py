@@ -374,24 +374,65 @@ def test_the_kernel_builds_into_its_cache_and_can_be_turned_off(tmp_path):
     assert done.returncode == 0 and done.stdout.split() == ["kind", "sparse"] and "vislab:" not in done.stderr
 
 
+def test_a_compiler_without_openmp_builds_the_kernel_single_threaded_and_says_so(tmp_path):
+    """A compiler that rejects -fopenmp (clang without libomp, say): the kernel is built without OpenMP after
+    one notice line, and gives the same results."""
+    import shutil
+
+    if shutil.which("c++") is None:
+        pytest.skip("no C++ compiler on this machine")
+    wrapper = tmp_path / "c++-without-openmp"
+    wrapper.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = "-fopenmp" ] && { echo "unsupported option '
+                       '-fopenmp" >&2; exit 1; }; done\nexec c++ "$@"\n')
+    wrapper.chmod(0o755)
+    done = _run_script(tmp_path, CXX=str(wrapper), VISLAB_DEFORM_KERNEL="cpp")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["kind", "cpp"]
+    notices = [line for line in done.stderr.splitlines() if line.startswith("vislab:")]
+    assert len(notices) == 1 and "without OpenMP" in notices[0] and "-fopenmp" in notices[0], done.stderr
+
+
+def test_the_kernel_is_built_with_openmp_and_uses_torchs_runtime():
+    """With GCC the kernel runs on OpenMP: the library reports it, and the process holds one OpenMP runtime (the
+    kernel's libgomp.so.1 is the copy torch loaded)."""
+    import shutil
+
+    if dc._deform_cpp.library() is None or shutil.which("c++") is None:
+        pytest.skip(f"the C++ kernel is not available: {dc._deform_cpp.reason()}")
+    import os
+    import subprocess
+
+    version = subprocess.run([os.environ.get("CXX", "c++"), "--version"], capture_output=True, text=True).stdout
+    if "Free Software Foundation" not in version:
+        pytest.skip("not GCC: whether its OpenMP runtime is torch's is not known")
+    assert dc._deform_cpp.library().vislab_deform_openmp() == 1
+    if not os.path.exists("/proc/self/maps"):
+        return
+    with open("/proc/self/maps") as f:
+        runtimes = {line.split()[-1] for line in f if "libgomp" in line}
+    assert len(runtimes) <= 1, runtimes
+
+
 def test_the_kernel_runs_in_a_forked_child_after_the_parent_used_its_threads(monkeypatch):
+    """The kernels run on torch's OpenMP threads: a child forked after the parent ran them on two threads works
+    with one thread, as torch's own operators do in DataLoader workers (GNU OpenMP's pool does not survive a
+    fork; torch's conv2d hangs there with two threads just the same)."""
     import multiprocessing
 
     if dc._deform_cpp.library() is None:
         pytest.skip(f"the C++ kernel is not available: {dc._deform_cpp.reason()}")
-    # two kernel workers with one torch thread: a forked child may not use OpenMP once the parent
-    # has (GNU OpenMP's own limitation), the kernels' thread pool it may
     monkeypatch.setattr(dc._deform_cpp, "WORKERS", 2)
     args = make_args(B=4, C=8, H=9, W=9, requires_grad=False, dtype=torch.float32)
-    expected = deform_conv2d(*args[:7], mask=args[7])  # starts the thread pool
-    assert dc._deform_cpp._pool is not None
+    expected = deform_conv2d(*args[:7], mask=args[7])  # two OpenMP threads in the parent
     context = multiprocessing.get_context("fork")
     with context.Pool(1) as pool:
-        result = pool.apply_async(_forked_call, (args,)).get(timeout=120)  # hung before: dead pool threads
+        result = pool.apply_async(_forked_call, (args,)).get(timeout=120)
     torch.testing.assert_close(result, expected)
 
 
 def _forked_call(args):
+    torch.set_num_threads(1)  # what a DataLoader worker does
+    dc._deform_cpp.WORKERS = None
     return deform_conv2d(*args[:7], mask=args[7])
 
 

@@ -10,10 +10,13 @@ None, and the caller uses the PyTorch implementation. ``VISLAB_DEFORM_KERNEL=pyt
 kernel without a notice (an explicit choice); ``VISLAB_DEFORM_KERNEL=cpp`` makes a failed build an
 error instead of a notice.
 
-The kernels have no threads of their own: :func:`run_rows` runs ``torch.get_num_threads()``
-workers on a thread pool (ctypes releases the GIL during the call) that pull small ranges of rows
-from a shared counter. Waiting threads block instead of spinning, and a worker whose core is busy
-elsewhere simply takes fewer ranges.
+Each entry point takes the pieces of its rows (:func:`pieces`) and runs them with a dynamic schedule on
+``torch.get_num_threads()`` OpenMP threads (ctypes releases the GIL during the call). Built with
+``-fopenmp``, the library's ``libgomp.so.1`` is the copy torch has loaded, so the kernels use torch's own
+OpenMP threads like an ATen operator: no second pool whose threads compete with torch's spin-waiting
+ones (measured in docs/deformable.md). A compiler without OpenMP builds the kernels without it, with a
+notice: the pieces then run in turn on the calling thread. As for every torch operator, a process forked
+after it used several threads must run it with one (``torch.set_num_threads(1)``, as DataLoader workers do).
 """
 
 from __future__ import annotations
@@ -27,18 +30,17 @@ import subprocess
 import sys
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
 SOURCE = Path(__file__).parent / "csrc" / "deform_conv_cpu.cpp"
-FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=c++17"]
-_ABI_VERSION = 4
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c++17"]
+SERIAL_FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=c++17"]  # no OpenMP runtime
+_ABI_VERSION = 5
 
 _lock = threading.Lock()
 _state: dict = {"tried": False, "lib": None, "reason": None}
-_pool: ThreadPoolExecutor | None = None
 
 
 def _cpu_signature() -> str:
@@ -58,13 +60,26 @@ def _cache_dir() -> Path:
 
 
 def build() -> Path:
-    """Compile the kernels (if not cached) and return the shared library's path; raises on failure."""
+    """Compile the kernels (if not cached) and return the shared library's path; raises on failure. Without
+    OpenMP in the compiler, builds them single-threaded after a notice line."""
+    try:
+        return _build(FLAGS)
+    except RuntimeError as error:
+        if str(error).startswith("no C++ compiler"):
+            raise
+        path = _build(SERIAL_FLAGS)  # raises when the compiler fails anyway
+        print(f"vislab: the deformable-convolution kernel was built without OpenMP and runs on one thread "
+              f"({str(error)[:200]})", file=sys.stderr, flush=True)
+        return path
+
+
+def _build(flags: list[str]) -> Path:
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C++ compiler: {compiler!r} not found (set CXX)")
     source = SOURCE.read_bytes()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
-    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), version.encode(),
+    key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(),
                                      _cpu_signature().encode()])).hexdigest()[:16]
     directory = _cache_dir()
     path = directory / f"vislab_deform_cpu_{key}.so"
@@ -74,7 +89,7 @@ def build() -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True,
+        done = subprocess.run([compiler, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True,
                               timeout=600)
         if done.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {(done.stderr or done.stdout).strip().splitlines()[:1]}")
@@ -90,14 +105,15 @@ def _load(path: Path) -> ctypes.CDLL:
     if lib.vislab_deform_abi_version() != _ABI_VERSION:
         raise RuntimeError(f"{path} is not version {_ABI_VERSION} of the kernels")
     p, i64 = ctypes.c_void_p, ctypes.c_int64
+    run = [p, i64, i64]  # every entry point ends with (bounds, pieces, threads)
     for suffix in ("f32", "f64"):
-        getattr(lib, f"vislab_deform_im2col_{suffix}").argtypes = [p, p, p, p, p, i64, i64]
-        getattr(lib, f"vislab_deform_col2im_{suffix}").argtypes = [p, p, p, p, p, p, p, p, i64, i64]
-        getattr(lib, f"vislab_deform_pad_{suffix}").argtypes = [p, p, p, p, i64, i64]
-        getattr(lib, f"vislab_deform_unpad_{suffix}").argtypes = [p, i64, i64, p, p, i64, i64]
-        getattr(lib, f"vislab_deform_fused_forward_{suffix}").argtypes = [p, p, p, p, p, p, i64, i64, i64]
-        getattr(lib, f"vislab_deform_fused_backward_{suffix}").argtypes = [p, p, p, p, p, p, p, p, p, p, i64, i64,
-                                                                             i64]
+        getattr(lib, f"vislab_deform_im2col_{suffix}").argtypes = [p, p, p, p, p, *run]
+        getattr(lib, f"vislab_deform_col2im_{suffix}").argtypes = [p, p, p, p, p, i64, i64, p, p, p, *run]
+        getattr(lib, f"vislab_deform_pad_{suffix}").argtypes = [p, p, p, p, *run]
+        getattr(lib, f"vislab_deform_unpad_{suffix}").argtypes = [p, i64, i64, p, p, *run]
+        getattr(lib, f"vislab_deform_fused_forward_{suffix}").argtypes = [p, p, p, p, p, p, i64, *run]
+        getattr(lib, f"vislab_deform_fused_backward_{suffix}").argtypes = [p, p, p, p, p, p, i64, i64, p, p, p, i64,
+                                                                             p, i64, *run]
     return lib
 
 
@@ -135,7 +151,7 @@ def _reset_for_tests() -> None:
         _state.update(tried=False, lib=None, reason=None)
 
 
-# worker threads of the kernels; None: torch.get_num_threads()
+# threads of the kernels' passes; None: torch.get_num_threads()
 WORKERS: int | None = None
 
 
@@ -145,32 +161,8 @@ def row_ranges(rows: int) -> list[tuple[int, int]]:
     return [(rows * t // parts, rows * (t + 1) // parts) for t in range(parts)]
 
 
-def _forget_pool() -> None:
-    # a forked child (a DataLoader worker, say) inherits the pool object but not its threads
-    global _pool
-    _pool = None
-
-
-os.register_at_fork(after_in_child=_forget_pool)
-
-
-def run(tasks: list) -> None:
-    """Call every ``task()``: all but the last on the thread pool, the last on the calling thread."""
-    global _pool
-    if len(tasks) > 1 and (_pool is None or _pool._max_workers < len(tasks) - 1):  # noqa: SLF001
-        _pool = ThreadPoolExecutor(max_workers=max(len(tasks) - 1, (os.cpu_count() or 2) - 1),
-                                   thread_name_prefix="vislab-deform")
-    futures = [_pool.submit(task) for task in tasks[:-1]]
-    try:
-        if tasks:
-            tasks[-1]()
-    finally:
-        for f in futures:
-            f.result()
-
-
 def piece_bounds(rows: int, pieces_per_worker: int = 4) -> list[int]:
-    """The boundaries of the pieces :func:`run_rows` splits ``[0, rows)`` into (the same for every call with
+    """The boundaries of the pieces a pass splits ``[0, rows)`` into (the same for every call with
     the same ``rows`` and thread count: a caller can keep one partial result per piece, summed in piece
     order, so that the dynamic scheduling never changes a floating-point result)."""
     pieces = max(1, min(rows, len(row_ranges(rows)) * pieces_per_worker))
@@ -198,26 +190,12 @@ def scatter_pieces(images: int, rows_per_image: int) -> tuple[list[int], bool]:
     return [i * rows_per_image + rows_per_image * j // k for i in range(images) for j in range(k)] + [rows], False
 
 
-def run_rows(work, rows: int, prepare=None, pieces_per_worker: int = 4, *,  # noqa: ANN001
-             bounds: list[int] | None = None) -> None:
-    """``work(worker, start, end)`` over the pieces of ``[0, rows)`` (:func:`piece_bounds`, or ``bounds``), by
-    ``len(row_ranges(rows))`` workers that pull pieces from a shared counter (dynamic scheduling: a worker
-    whose core is busy elsewhere takes fewer pieces, the others more). ``prepare(worker)`` runs first in each
-    worker."""
-    workers = len(row_ranges(rows))
-    bounds = piece_bounds(rows, pieces_per_worker) if bounds is None else bounds
-    pieces = len(bounds) - 1
-    counter = iter(range(pieces))
-    lock = threading.Lock()
+def threads() -> int:
+    """The OpenMP threads of the kernels' passes: ``WORKERS`` or ``torch.get_num_threads()``."""
+    return max(1, WORKERS or torch.get_num_threads())
 
-    def worker(w: int) -> None:
-        if prepare is not None:
-            prepare(w)
-        while True:
-            with lock:
-                i = next(counter, None)
-            if i is None:
-                return
-            work(w, bounds[i], bounds[i + 1])
 
-    run([lambda w=w: worker(w) for w in range(workers)])
+def pieces(bounds: list[int]) -> tuple[torch.Tensor, int]:
+    """``(bounds as an int64 tensor, number of pieces)``: the pieces argument of the entry points (keep the
+    tensor alive during the call)."""
+    return torch.tensor(bounds, dtype=torch.int64), len(bounds) - 1

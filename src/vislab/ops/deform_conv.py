@@ -41,7 +41,6 @@ Wrong sizes raise :class:`DeformConvValueError`, a ``ValueError`` that is also a
 
 from __future__ import annotations
 
-import ctypes
 import math
 import warnings
 from dataclasses import dataclass
@@ -727,6 +726,12 @@ class _Kernels:
         self.mask = None if mask is None else mask.to(self.dtype).contiguous()
         self.chunks = _chunks(geom, torch.finfo(self.dtype).bits // 8, input.device, _CHUNK_BYTES_CPP)
 
+    @staticmethod
+    def run(fn: Any, *args: Any, bounds: list[int]) -> Any:
+        """``fn(*args, pieces...)``: one C++ pass over the pieces ``bounds`` on the kernels' OpenMP threads."""
+        pieces, n = _deform_cpp.pieces(bounds)
+        return fn(*args, pieces.data_ptr(), n, _deform_cpp.threads())
+
     def start_chunk(self, s: int, e: int, X_buffer: Tensor) -> None:
         """Write the chunk's input into ``X_buffer``'s interior; set the chunk's pointers and ranges."""
         geom, b = self.geom, e - s
@@ -736,47 +741,32 @@ class _Kernels:
         self.ranges = _deform_cpp.row_ranges(b * geom.out_h)  # one per worker of the row passes
         x = self.input[s:e]
         strides = torch.tensor(x.stride(), dtype=torch.int64)
-        args = (x.data_ptr(), strides.data_ptr(), self.X.data_ptr(), self.geo.data_ptr())
-        _deform_cpp.run_rows(lambda w, a, z: self.pad(*args, a, z), b * geom.sub_groups * geom.height)
+        self.run(self.pad, x.data_ptr(), strides.data_ptr(), self.X.data_ptr(), self.geo.data_ptr(),
+                 bounds=_deform_cpp.piece_bounds(b * geom.sub_groups * geom.height))
         self.off_ptr = self.offset[s:e].data_ptr()
         self.mask_ptr = None if self.mask is None else self.mask[s:e].data_ptr()
 
     def sample(self, cols: Tensor) -> Tensor:
-        args = (self.X.data_ptr(), self.off_ptr, self.mask_ptr, cols.data_ptr(), self.geo.data_ptr())
-        _deform_cpp.run_rows(lambda w, a, z: self.im2col(*args, a, z), self.b * self.geom.out_h)
+        self.run(self.im2col, self.X.data_ptr(), self.off_ptr, self.mask_ptr, cols.data_ptr(), self.geo.data_ptr(),
+                 bounds=_deform_cpp.piece_bounds(self.b * self.geom.out_h))
         return cols
 
     def scatter(self, kernel: Any, gX: Tensor | None) -> Tensor | None:
-        """Run ``kernel(gX pointer, piece index, start, end)`` over the chunk's output rows so that the input
-        gradient it scatters never depends on the scheduling (:func:`~vislab.ops._deform_cpp.scatter_pieces`):
-        pieces of whole images into the shared buffer ``gX[0]`` (each piece zeroes its images first), or, with
-        few images, pieces within one image, each into a one-image buffer of its own, then summed per image in
-        piece order into ``gX[0]``. Returns the buffers :meth:`unpad_sum` reads (``gX[:1]``), or None."""
-        ho = self.geom.out_h
-        bounds, shared = _deform_cpp.scatter_pieces(self.b, ho)
-        piece = {a: j for j, a in enumerate(bounds[:-1])}
-        rows = self.b * ho
+        """Run ``kernel(gX pointer, mode, image size, bounds=...)`` over the chunk's output rows so that the
+        input gradient it scatters never depends on the scheduling (:func:`~vislab.ops._deform_cpp.scatter_pieces`):
+        pieces of whole images into the shared buffer ``gX[0]`` (mode 1: each piece zeroes its images first),
+        or, with few images, pieces within one image, each into a one-image buffer of its own (mode 2), then
+        summed per image in piece order into ``gX[0]``. Returns the buffers :meth:`unpad_sum` reads
+        (``gX[:1]``), or None."""
+        bounds, shared = _deform_cpp.scatter_pieces(self.b, self.geom.out_h)
         if gX is None:
-            _deform_cpp.run_rows(lambda w, a, z: kernel(None, piece[a], a, z), rows, bounds=bounds)
+            kernel(None, 0, 0, bounds=bounds)
             return None
-        image_bytes = gX.stride(1) * gX.element_size()
         if shared:
-            def work(w: int, a: int, z: int) -> None:
-                ctypes.memset(gX[0, a // ho].data_ptr(), 0, (z - a) // ho * image_bytes)
-                kernel(gX[0].data_ptr(), piece[a], a, z)
-
-            _deform_cpp.run_rows(work, rows, bounds=bounds)
+            kernel(gX[0].data_ptr(), 1, gX.stride(1), bounds=bounds)
             return gX[:1]
         own = gX.new_empty((len(bounds) - 1, gX.stride(1)))  # one image's padded gradient per piece
-
-        def work_own(w: int, a: int, z: int) -> None:
-            j = piece[a]
-            ctypes.memset(own[j].data_ptr(), 0, image_bytes)
-            # the kernel addresses image a // ho of a chunk-shaped buffer: hand it the address that puts
-            # that image at own[j] (only that image's part is ever touched)
-            kernel(own[j].data_ptr() - (a // ho) * image_bytes, j, a, z)
-
-        _deform_cpp.run_rows(work_own, rows, bounds=bounds)
+        kernel(own.data_ptr(), 2, gX.stride(1), bounds=bounds)
         per_image = own.view(self.b, -1, gX.stride(1))  # every image has the same number of pieces
         torch.sum(per_image, dim=1, out=gX[0].reshape(self.b, -1))
         return gX[:1]
@@ -787,13 +777,14 @@ class _Kernels:
         mask gradients of the chunk (contiguous, compute dtype) straight into place."""
         args = (self.X.data_ptr(), self.off_ptr, self.mask_ptr, grad_cols.data_ptr())
         tail = (_ptr(grad_offset), _ptr(grad_mask), self.geo.data_ptr())
-        return self.scatter(lambda gx, j, a, z: self.col2im(*args, gx, *tail, a, z), gX)
+        return self.scatter(lambda gx, mode, image, bounds: self.run(self.col2im, *args, gx, mode, image, *tail,
+                                                                     bounds=bounds), gX)
 
     def unpad_sum(self, gX: Tensor, grad_input: Tensor) -> None:
         """``grad_input`` (contiguous ``[b, C, H, W]``) = the sum of the workers' padded buffers' interiors."""
-        args = (gX.data_ptr(), gX.shape[0], gX.stride(0), grad_input.data_ptr(), self.geo.data_ptr())
         geom = self.geom
-        _deform_cpp.run_rows(lambda w, a, z: self.unpad(*args, a, z), self.b * geom.sub_groups * geom.height)
+        self.run(self.unpad, gX.data_ptr(), gX.shape[0], gX.stride(0), grad_input.data_ptr(), self.geo.data_ptr(),
+                 bounds=_deform_cpp.piece_bounds(self.b * geom.sub_groups * geom.height))
 
 
 def _kernel_geometry(geom: _Geometry, b: int) -> Tensor:
@@ -833,9 +824,10 @@ def _fused_forward(k: _Kernels, weight: Tensor, geom: _Geometry, out: Tensor) ->
     X_buffer, _ = _buffers(geom, k.dtype, out.device, chunks[0][1], columns=False)
     for s, e in chunks:
         k.start_chunk(s, e, X_buffer)
-        args = (k.X.data_ptr(), k.off_ptr, k.mask_ptr, wt.data_ptr(), res[s:e].data_ptr(), k.geo.data_ptr(),
-                geom.out_channels)
-        _deform_cpp.run_rows(lambda w, a, z, args=args: k.fused_forward(*args, a, z), (e - s) * geom.out_h)
+        done = k.run(k.fused_forward, k.X.data_ptr(), k.off_ptr, k.mask_ptr, wt.data_ptr(), res[s:e].data_ptr(),
+                     k.geo.data_ptr(), geom.out_channels, bounds=_deform_cpp.piece_bounds((e - s) * geom.out_h))
+        if not done:
+            raise RuntimeError(f"no fused kernel for {geom.out_channels} output channels")  # _fused() said yes
     if res is not out:
         out.copy_(res)
 
@@ -863,9 +855,10 @@ def _fused_backward(k: _Kernels, grad_out: Tensor, w: Tensor, geom: _Geometry, g
         tail = (None if go_off is None else go_off[s:e].data_ptr(),
                 None if go_mask is None else go_mask[s:e].data_ptr())
 
-        def kernel(gx: int | None, j: int, a: int, z: int, head: tuple = head, tail: tuple = tail) -> None:
-            k.fused_backward(*head, gx, *tail, None if gwt is None else gwt[j].data_ptr(), k.geo.data_ptr(), C_out,
-                             a, z)
+        def kernel(gx: int | None, mode: int, image: int, bounds: list[int], head: tuple = head,
+                   tail: tuple = tail) -> None:
+            k.run(k.fused_backward, *head, gx, mode, image, *tail, None if gwt is None else gwt.data_ptr(),
+                  R * C_out, k.geo.data_ptr(), C_out, bounds=bounds)
 
         used = k.scatter(kernel, gX_buffers[:len(k.ranges), :e - s] if gi is not None else None)
         if gi is not None:

@@ -1,9 +1,11 @@
 // Bilinear sampling kernels of vislab's deformable convolution on CPU (see vislab/ops/deform_conv.py).
 //
 // Plain C++ with a C interface, called through ctypes on raw pointers: no torch headers (it compiles
-// in seconds) and no threads of its own. The caller splits the work into ranges of output rows and
-// runs one range per Python thread (ctypes releases the GIL), so no OpenMP team spins while the
-// cores are busy elsewhere.
+// in seconds). The caller splits the work into pieces of rows (bounds[0..pieces]); each entry point runs
+// them with a dynamic schedule on `threads` OpenMP threads. Built with -fopenmp, the library asks for
+// libgomp.so.1, which resolves to the copy torch has already loaded: the kernels run on torch's own
+// OpenMP threads, as an ATen operator does (threads of a second pool would compete with torch's
+// threads while those spin-wait after each parallel region). Without OpenMP the pieces run in turn.
 //
 // Layouts (all contiguous):
 //   X       the chunk's input, zero-padded by PAD = 2 on each side, channels last, per channel
@@ -15,7 +17,7 @@
 // A sampling point reads y = ho * sh - ph + i * dh + dy clamped to [-2, H] (and x likewise); its four
 // corners lie in the padded map, so a point outside reads the zero border: torchvision's rule (zero
 // outside, each corner outside counts 0) without a bounds test. A NaN coordinate reads the border.
-// Compiled with -O3 -march=native -fopenmp-simd (the simd pragmas need no OpenMP runtime).
+// Compiled with -O3 -march=native -fopenmp (or -fopenmp-simd: the simd pragmas alone, no threads).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -611,74 +613,139 @@ void unpad(const T* __restrict gX, int64_t parts, int64_t part_stride, T* __rest
   }
 }
 
+// body(piece, start, end) for every piece of rows [bounds[i], bounds[i + 1]), dynamically scheduled (a thread
+// whose core is busy elsewhere takes fewer pieces); the pieces, not the threads, decide every result.
+template <typename F>
+void run_pieces(const int64_t* bounds, int64_t pieces, int64_t threads, F body) {
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) num_threads(static_cast<int>(threads < 1 ? 1 : threads))
+#endif
+  for (int64_t i = 0; i < pieces; ++i) body(i, bounds[i], bounds[i + 1]);
+}
+
+// Where piece j (output rows [a, z)) scatters its input gradient. mode 0: nowhere (null); 1: the shared
+// chunk-shaped buffer gX, the piece's whole images zeroed first; 2: a one-image buffer of the piece's own
+// (gX + j * image), zeroed, returned shifted so that the kernel's image index a / ho lands on it.
+template <typename T>
+T* piece_gradient(T* gX, int64_t mode, int64_t image, int64_t ho, int64_t j, int64_t a, int64_t z) {
+  if (mode == 0 || gX == nullptr) return nullptr;
+  if (mode == 1) {
+    std::fill(gX + (a / ho) * image, gX + (z / ho) * image, T(0));
+    return gX;
+  }
+  T* own = gX + j * image;
+  std::fill(own, own + image, T(0));
+  return own - (a / ho) * image;
+}
+
+bool fused_supported(const Geometry& g, int64_t C_out) {
+  return (g.Cs == 1 && g.r == 1) || C_out == 8 || C_out == 16;
+}
+
+template <typename T>
+void pad_all(const T* input, const int64_t* strides, T* X, const int64_t* geo, const int64_t* bounds,
+             int64_t pieces, int64_t threads) {
+  run_pieces(bounds, pieces, threads, [&](int64_t, int64_t a, int64_t z) { pad<T>(input, strides, X, geo, a, z); });
+}
+
+template <typename T>
+void unpad_all(const T* gX, int64_t parts, int64_t part_stride, T* grad_input, const int64_t* geo,
+               const int64_t* bounds, int64_t pieces, int64_t threads) {
+  run_pieces(bounds, pieces, threads,
+             [&](int64_t, int64_t a, int64_t z) { unpad<T>(gX, parts, part_stride, grad_input, geo, a, z); });
+}
+
+template <typename T>
+void im2col_all(const T* X, const T* offset, const T* mask, T* cols, const int64_t* geo, const int64_t* bounds,
+                int64_t pieces, int64_t threads) {
+  run_pieces(bounds, pieces, threads,
+             [&](int64_t, int64_t a, int64_t z) { im2col<T>(X, offset, mask, cols, geo, a, z); });
+}
+
+template <typename T>
+void col2im_all(const T* X, const T* offset, const T* mask, const T* gcols, T* gX, int64_t mode, int64_t image,
+                T* grad_offset, T* grad_mask, const int64_t* geo, const int64_t* bounds, int64_t pieces,
+                int64_t threads) {
+  const int64_t ho = Geometry(geo).Ho;
+  run_pieces(bounds, pieces, threads, [&](int64_t j, int64_t a, int64_t z) {
+    col2im_coordinates<T>(X, offset, mask, gcols, piece_gradient(gX, mode, image, ho, j, a, z), grad_offset,
+                          grad_mask, geo, a, z);
+  });
+}
+
+template <typename T>
+int fused_forward_all(const T* X, const T* offset, const T* mask, const T* Wt, T* out, const int64_t* geo,
+                      int64_t C_out, const int64_t* bounds, int64_t pieces, int64_t threads) {
+  if (!fused_supported(Geometry(geo), C_out)) return 0;
+  run_pieces(bounds, pieces, threads, [&](int64_t, int64_t a, int64_t z) {
+    fused_forward<T>(X, offset, mask, Wt, out, geo, C_out, a, z);
+  });
+  return 1;
+}
+
+// gWt: one [R, C_out] weight-gradient accumulator per piece, gwt_stride elements apart (null: not needed)
+template <typename T>
+int fused_backward_all(const T* X, const T* offset, const T* mask, const T* W, const T* go, T* gX, int64_t mode,
+                       int64_t image, T* grad_offset, T* grad_mask, T* gWt, int64_t gwt_stride, const int64_t* geo,
+                       int64_t C_out, const int64_t* bounds, int64_t pieces, int64_t threads) {
+  const Geometry g(geo);
+  if (!fused_supported(g, C_out)) return 0;
+  run_pieces(bounds, pieces, threads, [&](int64_t j, int64_t a, int64_t z) {
+    fused_backward<T>(X, offset, mask, W, go, piece_gradient(gX, mode, image, g.Ho, j, a, z), grad_offset,
+                      grad_mask, gWt ? gWt + j * gwt_stride : nullptr, geo, C_out, a, z);
+  });
+  return 1;
+}
+
 }  // namespace
 
 extern "C" {
 
-void vislab_deform_pad_f32(const float* input, const int64_t* strides, float* X, const int64_t* geo, int64_t start,
-                           int64_t end) {
-  pad<float>(input, strides, X, geo, start, end);
+#define VISLAB_ENTRIES(T, S)                                                                                      \
+  void vislab_deform_pad_##S(const T* input, const int64_t* strides, T* X, const int64_t* geo,                   \
+                             const int64_t* bounds, int64_t pieces, int64_t threads) {                            \
+    pad_all<T>(input, strides, X, geo, bounds, pieces, threads);                                                 \
+  }                                                                                                               \
+  void vislab_deform_unpad_##S(const T* gX, int64_t parts, int64_t part_stride, T* grad_input, const int64_t* geo, \
+                               const int64_t* bounds, int64_t pieces, int64_t threads) {                          \
+    unpad_all<T>(gX, parts, part_stride, grad_input, geo, bounds, pieces, threads);                              \
+  }                                                                                                               \
+  void vislab_deform_im2col_##S(const T* X, const T* offset, const T* mask, T* cols, const int64_t* geo,         \
+                                const int64_t* bounds, int64_t pieces, int64_t threads) {                         \
+    im2col_all<T>(X, offset, mask, cols, geo, bounds, pieces, threads);                                          \
+  }                                                                                                               \
+  void vislab_deform_col2im_##S(const T* X, const T* offset, const T* mask, const T* gcols, T* gX, int64_t mode,   \
+                                int64_t image, T* grad_offset, T* grad_mask, const int64_t* geo,                  \
+                                const int64_t* bounds, int64_t pieces, int64_t threads) {                         \
+    col2im_all<T>(X, offset, mask, gcols, gX, mode, image, grad_offset, grad_mask, geo, bounds, pieces, threads); \
+  }                                                                                                               \
+  int vislab_deform_fused_forward_##S(const T* X, const T* offset, const T* mask, const T* Wt, T* out,            \
+                                      const int64_t* geo, int64_t C_out, const int64_t* bounds, int64_t pieces,   \
+                                      int64_t threads) {                                                          \
+    return fused_forward_all<T>(X, offset, mask, Wt, out, geo, C_out, bounds, pieces, threads);                  \
+  }                                                                                                               \
+  int vislab_deform_fused_backward_##S(const T* X, const T* offset, const T* mask, const T* W, const T* go, T* gX, \
+                                       int64_t mode, int64_t image, T* grad_offset, T* grad_mask, T* gWt,         \
+                                       int64_t gwt_stride, const int64_t* geo, int64_t C_out,                     \
+                                       const int64_t* bounds, int64_t pieces, int64_t threads) {                  \
+    return fused_backward_all<T>(X, offset, mask, W, go, gX, mode, image, grad_offset, grad_mask, gWt, gwt_stride, \
+                                 geo, C_out, bounds, pieces, threads);                                            \
+  }
+
+VISLAB_ENTRIES(float, f32)
+VISLAB_ENTRIES(double, f64)
+
+#undef VISLAB_ENTRIES
+
+// 1 when built with OpenMP (the pieces run on several threads), 0 when the pieces run in turn
+int vislab_deform_openmp() {
+#ifdef _OPENMP
+  return 1;
+#else
+  return 0;
+#endif
 }
 
-void vislab_deform_pad_f64(const double* input, const int64_t* strides, double* X, const int64_t* geo,
-                           int64_t start, int64_t end) {
-  pad<double>(input, strides, X, geo, start, end);
-}
-
-void vislab_deform_unpad_f32(const float* gX, int64_t parts, int64_t part_stride, float* grad_input,
-                             const int64_t* geo, int64_t start, int64_t end) {
-  unpad<float>(gX, parts, part_stride, grad_input, geo, start, end);
-}
-
-void vislab_deform_unpad_f64(const double* gX, int64_t parts, int64_t part_stride, double* grad_input,
-                             const int64_t* geo, int64_t start, int64_t end) {
-  unpad<double>(gX, parts, part_stride, grad_input, geo, start, end);
-}
-
-
-void vislab_deform_im2col_f32(const float* X, const float* offset, const float* mask, float* cols,
-                              const int64_t* geo, int64_t start, int64_t end) {
-  im2col<float>(X, offset, mask, cols, geo, start, end);
-}
-
-void vislab_deform_im2col_f64(const double* X, const double* offset, const double* mask, double* cols,
-                              const int64_t* geo, int64_t start, int64_t end) {
-  im2col<double>(X, offset, mask, cols, geo, start, end);
-}
-
-void vislab_deform_col2im_f32(const float* X, const float* offset, const float* mask, const float* gcols, float* gX,
-                              float* grad_offset, float* grad_mask, const int64_t* geo, int64_t start, int64_t end) {
-  col2im_coordinates<float>(X, offset, mask, gcols, gX, grad_offset, grad_mask, geo, start, end);
-}
-
-void vislab_deform_col2im_f64(const double* X, const double* offset, const double* mask, const double* gcols,
-                              double* gX, double* grad_offset, double* grad_mask, const int64_t* geo, int64_t start,
-                              int64_t end) {
-  col2im_coordinates<double>(X, offset, mask, gcols, gX, grad_offset, grad_mask, geo, start, end);
-}
-
-int vislab_deform_fused_forward_f32(const float* X, const float* offset, const float* mask, const float* Wt,
-                                    float* out, const int64_t* geo, int64_t C_out, int64_t start, int64_t end) {
-  return fused_forward<float>(X, offset, mask, Wt, out, geo, C_out, start, end);
-}
-
-int vislab_deform_fused_forward_f64(const double* X, const double* offset, const double* mask, const double* Wt,
-                                    double* out, const int64_t* geo, int64_t C_out, int64_t start, int64_t end) {
-  return fused_forward<double>(X, offset, mask, Wt, out, geo, C_out, start, end);
-}
-
-int vislab_deform_fused_backward_f32(const float* X, const float* offset, const float* mask, const float* W,
-                                     const float* go, float* gX, float* grad_offset, float* grad_mask, float* gWt,
-                                     const int64_t* geo, int64_t C_out, int64_t start, int64_t end) {
-  return fused_backward<float>(X, offset, mask, W, go, gX, grad_offset, grad_mask, gWt, geo, C_out, start, end);
-}
-
-int vislab_deform_fused_backward_f64(const double* X, const double* offset, const double* mask, const double* W,
-                                     const double* go, double* gX, double* grad_offset, double* grad_mask,
-                                     double* gWt, const int64_t* geo, int64_t C_out, int64_t start, int64_t end) {
-  return fused_backward<double>(X, offset, mask, W, go, gX, grad_offset, grad_mask, gWt, geo, C_out, start, end);
-}
-
-int vislab_deform_abi_version() { return 4; }
+int vislab_deform_abi_version() { return 5; }
 
 }  // extern "C"

@@ -5,6 +5,8 @@ skip), argument errors before any work, and (slow) the demo settings reaching th
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import numpy as np
 import pytest
@@ -160,6 +162,16 @@ def test_mixed_prompt_training_runs_and_says_so(tmp_path):
     changed = [k for k, v in fresh.named_parameters() if not torch.equal(v, trained[k])]
     assert any(k.startswith("point_embeddings") for k in changed)  # one epoch: 2 batches, maybe no click round
     assert all(p.requires_grad for p in model.decoder.prompt_encoder.parameters())  # the mask path too
+
+
+def test_neg_others_reaches_the_task():
+    from vislab.data.sam_prompts import TrainPrompts
+
+    cfg = SamFinetuneConfig(**{**TINY, "prompts": "mixed", "neg_others": 0.25})
+    model = SamFinetune()._build_model(cfg)
+    data = SimpleNamespace(jitter=1.0)
+    task = SamFinetune()._task(cfg, model, cast(TrainPrompts, None), data)
+    assert task.neg_others == 0.25 and SamFinetuneConfig().neg_others == 0.0
 
 
 def test_prompt_encoder_trains_only_when_new_and_not_box_only(tiny_run):
@@ -389,6 +401,8 @@ def test_bad_arguments_before_any_work(tmp_path):
         _validate({"time_fraction": 1.5})
     with pytest.raises(UserError, match="jitter_px must be a finite number"):
         _validate({"jitter_px": float("nan")})
+    with pytest.raises(UserError, match="neg_others must be <= 1"):
+        _validate({"neg_others": 1.5})
 
 
 def test_bad_data_leaves_no_run_folder(tmp_path):

@@ -287,3 +287,35 @@ def test_real_prompter_runs_the_protocol_and_figures(tmp_path):
     assert p1.stat().st_size > 1000 and p2.stat().st_size > 1000
     table = prompt_table(model, [img], [g])
     assert set(table["mean"]) == {"box", "1 point", "3 points", "5 clicks"}
+
+
+def test_negative_points_on_neighbours():
+    # object 0 with a neighbour just right of it and one far away: with neg_others=1 every negative point
+    # lands on the near neighbour; without others (or neg_others=0) the draw is the one of before
+    masks = torch.zeros(2, 40, 40, dtype=torch.bool)
+    masks[:, 10:20, 10:20] = True
+    others = torch.zeros(2, 40, 40, dtype=torch.bool)
+    others[:, 10:20, 21:24] = True  # a neighbour within half the box's size
+    others[:, 35:39, 35:39] = True  # far away: never a negative point
+    others[1] = False  # the second object has no neighbour: its negatives stay in the ring
+    near_any = 0
+    for s in range(30):
+        gen = torch.Generator().manual_seed(s)
+        pts = sample_prompts(masks, "points", generator=gen, others=others, neg_others=1.0)
+        base = sample_prompts(masks, "points", generator=torch.Generator().manual_seed(s))
+        same = sample_prompts(masks, "points", generator=torch.Generator().manual_seed(s), others=others,
+                              neg_others=0.0)
+        assert torch.equal(base.points, same.points) and torch.equal(base.point_labels, same.point_labels)
+        for i in range(2):
+            neg = pts.points[i][pts.point_labels[i] == 0]
+            for x, y in neg.tolist():
+                if i == 0:
+                    assert 21 <= x < 24 and 10 <= y < 20
+                    near_any += 1
+                else:
+                    assert not masks[i, int(y), int(x)] and 9 <= x < 21 and 9 <= y < 21  # the 10 % ring
+    assert near_any > 0
+    with pytest.raises(ValueError, match="neg_others"):
+        sample_prompts(masks, "points", others=others, neg_others=1.5)
+    with pytest.raises(ValueError, match="others must be"):
+        sample_prompts(masks, "points", others=others[:1], neg_others=0.5)

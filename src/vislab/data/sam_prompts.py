@@ -153,11 +153,25 @@ class TrainPrompts(Dataset):
     def __len__(self) -> int:
         return len(self.pv.objects)
 
-    def __getitem__(self, j: int) -> tuple[Tensor, Tensor, Tensor, int]:
+    def _draw(self, j: int) -> tuple[np.random.Generator, int, int]:
+        """``(rng, view, object label)`` of item ``j`` this epoch: the view is the rng's first draw."""
         img, k = self.pv.objects[j]
         rng = np.random.default_rng([self.seed, self.epoch, j])
         views = self.pv.views[img]
-        v = views[int(rng.integers(len(views)))]
+        return rng, views[int(rng.integers(len(views)))], k
+
+    def others(self, ids: Tensor | list[int]) -> Tensor:
+        """The other objects of each item's view this epoch, ``Tensor[B, S, S]`` bool: where a negative point
+        says "not that one" (the same view as :meth:`__getitem__` drew)."""
+        out = []
+        for j in (ids.tolist() if isinstance(ids, Tensor) else ids):
+            _, v, k = self._draw(int(j))
+            inst = self.pv.instances[v]
+            out.append((inst > 0) & (inst != k))
+        return torch.stack(out) if out else torch.zeros(0, self.size, self.size, dtype=torch.bool)
+
+    def __getitem__(self, j: int) -> tuple[Tensor, Tensor, Tensor, int]:
+        rng, v, k = self._draw(j)
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         box = jitter_boxes(self.pv.boxes[v, k - 1][None], image_size=(self.size, self.size), max_shift=self.jitter,
                            generator=gen)[0]

@@ -64,6 +64,7 @@ class SamFinetuneConfig(CommonConfig):
     # auto: trained when it is newly initialised (offline, no init) and prompts are points or mixed; frozen when
     # it is pretrained (official SAM, init: MedSAM) or only boxes are trained. See prompt_encoder_trained()
     prompt_encoder: Literal["auto", "frozen", "trained"] = param("auto", choices=("auto", "frozen", "trained"))
+    neg_others: float = param(0.0, ge=0, le=1)  # points/mixed: chance a sampled negative point is on a neighbour
     iou_weight: float = param(1.0, ge=0)  # SAM's IoU-head loss (MSE to the mask's real IoU); trains the head alone
     min_area: int | None = param(None, ge=1)  # smallest object in px at image_size (None: 0.1% of the image, >= 4)
     scenes: int = param(600, ge=10)  # embedded data: number of generated scenes
@@ -291,7 +292,7 @@ class SamFinetune(Experiment):
         return SamDecoderTask(model.decoder, train_set=train, schedule=cfg.schedule, lr=cfg.lr,
                               weight_decay=cfg.weight_decay, lr_patience=cfg.lr_patience, lr_factor=cfg.lr_factor,
                               prompts=cfg.prompts, click_rounds=cfg.click_rounds, jitter=data.jitter, seed=cfg.seed,
-                              iou_weight=cfg.iou_weight, meta=meta)
+                              iou_weight=cfg.iou_weight, neg_others=cfg.neg_others, meta=meta)
 
     def run_variant(self, ctx: RunContext, data: _Data, variant: str) -> VariantResult:
         cfg: SamFinetuneConfig = ctx.cfg

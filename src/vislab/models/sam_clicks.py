@@ -474,7 +474,8 @@ def _sample_pixels(where: Tensor, k: int, generator: torch.Generator | None) -> 
 def sample_prompts(masks: Tensor, kind: str = "mixed", *, generator: torch.Generator | None = None,
                    max_shift: float = 0.0, max_pos: int = 3, max_neg: int = 2, neg_margin: float = 0.1,
                    click_rounds: tuple[int, int] = (1, 8), p_kinds: tuple[float, float, float] = (0.4, 0.3, 0.3),
-                   box_first: float = 0.5) -> PromptBatch:
+                   box_first: float = 0.5, others: Tensor | None = None, neg_others: float = 0.0,
+                   others_margin: float = 0.5) -> PromptBatch:
     """Prompts for a batch of ground-truth masks ``Tensor[B, H, W]``, one kind for the whole batch (SAM's prompt
     tokens must line up across a batch: a batch holds boxes, or points, not both).
 
@@ -484,6 +485,9 @@ def sample_prompts(masks: Tensor, kind: str = "mixed", *, generator: torch.Gener
       points uniform on the background inside the tight box grown by ``neg_margin`` of its size each side
       (anywhere in the background when that ring is empty), padded with label -1 to the batch's longest
       (SAM-Med2D's positive/negative point sampling; SAM's first click is one uniform positive point).
+      With ``others`` (``Tensor[B, H, W]`` bool: the scene's other objects), each negative point lands, with
+      probability ``neg_others``, on another object inside the tight box grown by ``others_margin`` of its size
+      each side (a neighbour the mask could leak into), where there is one.
     * ``"mixed"``: draws ``"box"``, ``"points"`` or ``"clicks"`` with probabilities ``p_kinds``; ``"clicks"``
       starts from the jittered box (probability ``box_first``) or one uniform positive point -- SAM's first
       prompt, "a foreground point or bounding box with equal probability" -- and asks the training loop for
@@ -504,6 +508,10 @@ def sample_prompts(masks: Tensor, kind: str = "mixed", *, generator: torch.Gener
     if max_pos < 1 or max_neg < 0:
         raise ValueError(f"max_pos must be >= 1 and max_neg >= 0, got {max_pos}, {max_neg}")
     b, h, w = m.shape
+    if not 0.0 <= neg_others <= 1.0:
+        raise ValueError(f"neg_others must be a probability in [0, 1], got {neg_others}")
+    if others is not None and tuple(others.shape) != (b, h, w):
+        raise ValueError(f"others must be Tensor[{b}, {h}, {w}] like masks, got {tuple(others.shape)}")
     if kind == "mixed":
         p = torch.tensor(p_kinds, dtype=torch.float64)
         if p.shape != (3,) or (p < 0).any() or p.sum() <= 0:
@@ -526,21 +534,29 @@ def sample_prompts(masks: Tensor, kind: str = "mixed", *, generator: torch.Gener
         pts = torch.stack([_sample_pixels(m[i], 1, generator) for i in range(b)])  # (B, 1, 2)
         return PromptBatch("clicks", points=pts, point_labels=torch.ones(b, 1, dtype=torch.long),
                            click_rounds=rounds)
+    def grown(box: list[float], margin: float) -> Tensor:
+        x0, y0, x1, y1 = box
+        mx, my = margin * (x1 - x0), margin * (y1 - y0)
+        out = torch.zeros(h, w, dtype=torch.bool)
+        out[max(0, math.floor(y0 - my)):min(h, math.ceil(y1 + my)), max(0, math.floor(x0 - mx)):min(w, math.ceil(
+            x1 + mx))] = True
+        return out
+
     per: list[tuple[Tensor, Tensor]] = []
     for i in range(b):
         n_pos, n_neg = _randint(1, max_pos, generator), _randint(0, max_neg, generator)
-        x0, y0, x1, y1 = tight[i].tolist()
-        mx, my = neg_margin * (x1 - x0), neg_margin * (y1 - y0)
-        ring = torch.zeros(h, w, dtype=torch.bool)
-        ring[max(0, math.floor(y0 - my)):min(h, math.ceil(y1 + my)), max(0, math.floor(x0 - mx)):min(w, math.ceil(
-            x1 + mx))] = True
-        ring &= ~m[i]
+        ring = grown(tight[i].tolist(), neg_margin) & ~m[i]
         if not ring.any():
             ring = ~m[i]
         if not ring.any():
             n_neg = 0
         pos = _sample_pixels(m[i], n_pos, generator)
         neg = _sample_pixels(ring, n_neg, generator) if n_neg else torch.zeros(0, 2)
+        if n_neg and others is not None and neg_others > 0:
+            near = others[i].bool() & ~m[i] & grown(tight[i].tolist(), others_margin)
+            on_other = torch.rand(n_neg, generator=generator) < neg_others
+            if near.any() and on_other.any():
+                neg[on_other] = _sample_pixels(near, int(on_other.sum()), generator)
         per.append((torch.cat([pos, neg]), torch.cat([torch.ones(n_pos), torch.zeros(n_neg)]).long()))
     n = max(p.shape[0] for p, _ in per)
     points = torch.zeros(b, n, 2)

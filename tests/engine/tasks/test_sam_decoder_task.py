@@ -264,3 +264,39 @@ def test_iou_head_learns_to_score_masks(batch):
         _, after, _ = task.compute_loss((feats, boxes, masks, ids))
     assert torch.equal(after[:, :2], before[:, :2])  # the masks did not change
     assert (after[:, 2] - after[:, 0]).abs().max() < 0.05 < (before[:, 2] - before[:, 0]).abs().max()
+
+
+def test_neighbour_negatives_come_from_the_items_own_view(batch, monkeypatch):
+    """TrainPrompts.others gives, per item, the other objects of the view its mask came from (views of one image
+    are flipped copies: a wrong view would put them elsewhere); the task passes them to the sampler."""
+    from vislab.data.sam_prompts import PromptViews, TrainPrompts
+    from vislab.models import sam_clicks as clicks
+
+    model, feats, boxes, masks, ids = batch
+    inst = torch.zeros(2, 64, 64, dtype=torch.uint8)
+    inst[0, 10:30, 10:30], inst[0, 10:30, 32:40] = 1, 2
+    inst[1] = inst[0].flip(-1)  # view 1: the flipped copy
+    pv = PromptViews(features=torch.zeros(2, *feats.shape[1:], dtype=torch.float16), instances=inst,
+                     boxes=torch.zeros(2, 2, 4), views=[[0, 1]], objects=[(0, 1), (0, 2)], kinds=["a", "b"],
+                     stems=["x"])
+    train = TrainPrompts(pv, jitter=0.0, seed=5, image_size=64)
+    seen_views = set()
+    for epoch in range(8):
+        train.set_epoch(epoch)
+        others = train.others(torch.tensor([0, 1]))
+        for j in range(2):
+            mask = train[j][2][0] > 0.5
+            assert not (mask & others[j]).any()
+            v = 0 if torch.equal(mask | others[j], inst[0] > 0) else 1
+            assert torch.equal(mask | others[j], inst[v] > 0)
+            seen_views.add(v)
+    assert seen_views == {0, 1}
+    got = {}
+    real = clicks.sample_prompts
+    monkeypatch.setattr(clicks, "sample_prompts", lambda m, kind, **kw: got.update(kw) or real(m, kind, **kw))
+    task = SamDecoderTask(model.decoder, prompts="points", seed=1, train_set=train, neg_others=0.5)
+    task.train()
+    task.sampled_logits(feats[:2], boxes[:2], torch.stack([train[0][2], train[1][2]]), torch.tensor([0, 1]))
+    assert got["neg_others"] == 0.5 and torch.equal(got["others"], train.others(torch.tensor([0, 1])))
+    with pytest.raises(ValueError, match="neg_others"):
+        SamDecoderTask(model.decoder, neg_others=-0.1)

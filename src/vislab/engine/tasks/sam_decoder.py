@@ -52,12 +52,14 @@ class SamDecoderTask(TaskModule):
     prompts, the (inclusive) range of error-click rounds after the first click (SAM: up to 8 points in all).
     ``iou_weight``: the weight of the IoU head's loss (SAM: 1); the head reads the IoU token detached, so the
     masks train exactly as with ``iou_weight=0`` and the head learns to score them (``segment`` prints it).
+    ``neg_others``: for sampled point prompts, the probability that a negative point lands on another object of
+    the scene near the prompted one (``train_set.others``; :func:`~vislab.models.sam_clicks.sample_prompts`).
     """
 
     def __init__(self, decoder: Any, *, loss: DiceCELoss | None = None, train_set: TrainPrompts | None = None,
                  schedule: str = "cosine", warmup: float = 0.03, prompts: str = "box", eval_prompt: str | None = None,
                  jitter: float = 0.0, seed: int = 0, click_rounds: tuple[int, int] = (1, 8), iou_weight: float = 1.0,
-                 **kwargs: Any) -> None:
+                 neg_others: float = 0.0, **kwargs: Any) -> None:
         kwargs.setdefault("monitor", "val/iou")
         kwargs.setdefault("monitor_mode", "max")
         super().__init__(decoder, **kwargs)
@@ -83,6 +85,9 @@ class SamDecoderTask(TaskModule):
         if not iou_weight >= 0:
             raise ValueError(f"iou_weight must be >= 0, got {iou_weight}")
         self.iou_weight = float(iou_weight)
+        if not 0.0 <= neg_others <= 1.0:
+            raise ValueError(f"neg_others must be a probability in [0, 1], got {neg_others}")
+        self.neg_others = float(neg_others)
         self.epoch_s: list[float] = []
         self._epoch_t0 = 0.0
 
@@ -145,7 +150,9 @@ class SamDecoderTask(TaskModule):
         state = np.random.SeedSequence([self.seed, int(self.current_epoch), *ids.cpu().tolist()[:8]])
         gen = torch.Generator().manual_seed(int(state.generate_state(1)[0]))
         target = masks[:, 0].cpu() > 0.5  # (B, S, S)
-        pb = sample_prompts(target, self.prompts, generator=gen, max_shift=self.jitter, click_rounds=self.click_rounds)
+        others = self.train_set.others(ids.cpu()) if self.neg_others > 0 and self.train_set is not None else None
+        pb = sample_prompts(target, self.prompts, generator=gen, max_shift=self.jitter, click_rounds=self.click_rounds,
+                            others=others, neg_others=self.neg_others)
         if pb.kind == "box":
             return [self._predict(feats, boxes)[1:]]
         dev = feats.device

@@ -393,24 +393,26 @@ def test_a_compiler_without_openmp_builds_the_kernel_single_threaded_and_says_so
 
 
 def test_the_kernel_is_built_with_openmp_and_uses_torchs_runtime():
-    """With GCC the kernel runs on OpenMP: the library reports it, and the process holds one OpenMP runtime (the
-    kernel's libgomp.so.1 is the copy torch loaded)."""
+    """With GCC the kernel runs on OpenMP, and on torch's runtime (its libgomp.so.1 is the copy torch loaded):
+    torch.set_num_threads sets that runtime's thread count, which a second runtime would not see."""
+    import os
     import shutil
+    import subprocess
 
     if dc._deform_cpp.library() is None or shutil.which("c++") is None:
         pytest.skip(f"the C++ kernel is not available: {dc._deform_cpp.reason()}")
-    import os
-    import subprocess
-
     version = subprocess.run([os.environ.get("CXX", "c++"), "--version"], capture_output=True, text=True).stdout
     if "Free Software Foundation" not in version:
         pytest.skip("not GCC: whether its OpenMP runtime is torch's is not known")
-    assert dc._deform_cpp.library().vislab_deform_openmp() == 1
-    if not os.path.exists("/proc/self/maps"):
-        return
-    with open("/proc/self/maps") as f:
-        runtimes = {line.split()[-1] for line in f if "libgomp" in line}
-    assert len(runtimes) <= 1, runtimes
+    lib = dc._deform_cpp.library()
+    assert lib.vislab_deform_openmp() == 1
+    before = torch.get_num_threads()
+    try:
+        for n in (1, 3, 2):
+            torch.set_num_threads(n)
+            assert lib.vislab_deform_omp_max_threads() == n
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_the_kernel_runs_in_a_forked_child_after_the_parent_used_its_threads(monkeypatch):

@@ -20,6 +20,9 @@
 // Compiled with -O3 -march=native -fopenmp (or -fopenmp-simd: the simd pragmas alone, no threads).
 #include <algorithm>
 #include <cmath>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <cstdint>
 #include <vector>
 
@@ -743,6 +746,16 @@ int vislab_deform_openmp() {
   return 1;
 #else
   return 0;
+#endif
+}
+
+// omp_get_max_threads() of the runtime the kernels run on: with torch's, what torch.set_num_threads set (-1: no
+// OpenMP)
+int vislab_deform_omp_max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return -1;
 #endif
 }
 

@@ -1,6 +1,6 @@
 """The C++ sampling kernels of deformable convolution (``csrc/deform_conv_cpu.cpp``): built with the
-machine's C++ compiler at first use, loaded with ctypes, run on ranges of output rows by a few
-Python threads.
+machine's C++ compiler at first use, loaded with ctypes, run on pieces of output rows by torch's
+OpenMP threads.
 
 The source has no torch headers, so the build is one compiler call of a few seconds; the library is
 cached under ``$VISLAB_KERNEL_DIR`` (default ``~/.cache/vislab/kernels``), named by a hash of the

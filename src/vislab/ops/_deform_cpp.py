@@ -15,8 +15,8 @@ Each entry point takes the pieces of its rows (:func:`pieces`) and runs them wit
 ``-fopenmp``, the library's ``libgomp.so.1`` is the copy torch has loaded, so the kernels use torch's own
 OpenMP threads like an ATen operator: no second pool whose threads compete with torch's spin-waiting
 ones (measured in docs/deformable.md). A compiler without OpenMP builds the kernels without it, with a
-notice: the pieces then run in turn on the calling thread. As for every torch operator, a process forked
-after it used several threads must run it with one (``torch.set_num_threads(1)``, as DataLoader workers do).
+notice: the pieces then run in turn on the calling thread. In a forked child the passes run on the calling
+thread outside OpenMP (GNU OpenMP's pool does not survive a fork; a child that entered it hung in testing).
 """
 
 from __future__ import annotations
@@ -190,8 +190,21 @@ def scatter_pieces(images: int, rows_per_image: int) -> tuple[list[int], bool]:
     return [i * rows_per_image + rows_per_image * j // k for i in range(images) for j in range(k)] + [rows], False
 
 
+_forked = {"child": False}
+
+
+def _after_fork_in_child() -> None:
+    _forked["child"] = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def threads() -> int:
-    """The OpenMP threads of the kernels' passes: ``WORKERS`` or ``torch.get_num_threads()``."""
+    """The OpenMP threads of the kernels' passes: ``WORKERS`` or ``torch.get_num_threads()``; 1 in a forked
+    child (GNU OpenMP's pool does not survive a fork: the passes then enter no OpenMP construct at all)."""
+    if _forked["child"]:
+        return 1
     return max(1, WORKERS or torch.get_num_threads())
 
 

@@ -620,8 +620,12 @@ void unpad(const T* __restrict gX, int64_t parts, int64_t part_stride, T* __rest
 // whose core is busy elsewhere takes fewer pieces); the pieces, not the threads, decide every result.
 template <typename F>
 void run_pieces(const int64_t* bounds, int64_t pieces, int64_t threads, F body) {
+  if (threads <= 1) {  // no OpenMP construct at all: safe in a forked child, whose inherited pool is dead
+    for (int64_t i = 0; i < pieces; ++i) body(i, bounds[i], bounds[i + 1]);
+    return;
+  }
 #ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 1) num_threads(static_cast<int>(threads < 1 ? 1 : threads))
+#pragma omp parallel for schedule(dynamic, 1) num_threads(static_cast<int>(threads))
 #endif
   for (int64_t i = 0; i < pieces; ++i) body(i, bounds[i], bounds[i + 1]);
 }
